@@ -1,0 +1,519 @@
+"""The public estimator: a deep multi-label classifier trained with D2ACE batch selection."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+from skorch.callbacks import EarlyStopping, EpochScoring
+
+from ._data import IndexedDataset
+from ._net import SELECTION_KEYS, D2ACENet, sigmoid
+from .metrics import macro_auc
+from .modules import MLP
+from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS, D2ACEBatchSampler
+
+__all__ = ["D2ACEMultiLabelClassifier"]
+
+_OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+_PROBA_EPS = np.finfo(np.float64).eps
+
+
+def valid_macro_auc(net, X, y):
+    """skorch scoring: macro-AUC of the validation set (one-class labels skipped).
+
+    NaN when no label column holds both classes or the network diverged.
+    """
+    proba = net.predict_proba(X)
+    if not np.all(np.isfinite(proba)):
+        return float("nan")
+    return macro_auc(y, proba)
+
+
+class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator):
+    """Deep multi-label classifier whose mini-batches are chosen by D2ACE.
+
+    A torch network (by default an MLP) is trained with binary cross-entropy by a
+    skorch net; every epoch after the warm-up, D2ACE (Liu et al., IJCAI-ECAI 2026)
+    draws the mini-batches from a distribution that favours instances whose
+    predictions are uncertain (early) or consistently hard (later), weighting labels
+    dynamically and boosting labels correlated with each instance's local label
+    context. The model and the loss are unchanged: only which instances are trained
+    on, and how often.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class, default=None
+        The network class; None uses :class:`skd2ace.modules.MLP`. It is built in
+        every ``fit`` with ``n_features`` and ``n_labels`` (when its ``__init__``
+        accepts them) plus ``module_kwargs``, and must return one logit per label.
+    module_kwargs : dict, default=None
+        Extra keyword arguments of ``module``.
+    hidden_layer_sizes : tuple of int, default=(256,)
+        Hidden layers of the default MLP.
+    dropout : float, default=0.0
+        Dropout of the default MLP.
+    max_epochs : int, default=100
+        Training epochs ``T``.
+    batch_size : int, default=128
+    lr : float, default=1e-3
+        Learning rate.
+    weight_decay : float, default=1e-4
+    optimizer : {'adam', 'adamw', 'sgd'} or torch optimizer class, default='adam'
+    batch_selection : {'d2ace', 'random'}, default='d2ace'
+        How mini-batches are chosen; 'random' shuffles uniformly every epoch.
+    history_size : int, default=5
+        Predictions per instance and label kept in the window (``W`` ≥ 2).
+    flip_decay : float, default=0.7
+        ``α`` of the prediction-flip EMA, in (0, 1].
+    fluctuation_weight : float, default=0.5
+        ``λ``: weight of prediction fluctuation against entropy in the uncertainty.
+    label_weight_mean, label_weight_std : float, default=0.5
+        ``a`` and ``b`` of the dynamic label weights ``exp(a·mean + b·std)``.
+    dynamic_label_weights : bool, default=True
+        False uses static label weights ``v ≡ 1`` (ablation).
+    label_context : {'local', 'global', 'none'}, default='local'
+        Correlation enhancement with the k-nearest-neighbour label context, with all
+        labels (``Z ≡ 1``), or none (``S ≡ 0``).
+    n_neighbors : int, default=6
+        ``k`` of the local label context (0: an instance's own labels only).
+    selection_pressure : float, default=8.0
+        Initial pressure ``s0`` ≥ 1: the most selectable instance is about ``s0``
+        times likelier than the least; decays to 1 after the warm-up.
+    warmup_epochs : int, default=None
+        Uniformly shuffled epochs before selection starts (``e_w``); None is
+        ``round(0.1 · max_epochs)``.
+    mixture_start, mixture_end : float, default=0.7, 0.3
+        Share ``β`` of the uncertainty pool at the warm-up's end and the ramp's end.
+        1 and 1 give uncertainty-only selection, 0 and 0 hardness-only.
+    mixture_ramp_end : int, default=None
+        Epoch where ``β`` reaches ``mixture_end`` (``e_m``); None is
+        ``round(0.7 · max_epochs)``.
+    validation_fraction : float or None, default=0.1
+        Share of the training data held out (unstratified) to pick the epoch with
+        the best validation macro-AUC, whose weights are restored after training.
+        None or 0 trains on everything and keeps the last epoch.
+    patience : int or None, default=None
+        Stop when validation macro-AUC has not improved for this many epochs;
+        None trains all ``max_epochs``.
+    threshold : float, default=0.5
+        ``predict`` returns ``predict_proba > threshold``.
+    device : str, default='cpu'
+        Torch device of the network ('cpu', 'cuda', 'cuda:1', ...).
+    num_workers : int, default=0
+        DataLoader worker processes for training batches.
+    callbacks : list of skorch callbacks, default=None
+        Added to the network's callbacks (e.g. ``skorch.callbacks.ProgressBar()``).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the validation split, the weight initialisation, dropout and the batch
+        selection. An int gives bit-identical results on CPU. The global numpy and
+        torch random states are left untouched.
+    verbose : int, default=0
+        1 prints one line per epoch (skorch's table).
+
+    Attributes
+    ----------
+    net_ : D2ACENet
+        The fitted skorch network; ``net_.history`` holds per-epoch losses, the
+        validation macro-AUC and the selection record (``selection_pressure``,
+        ``mixture_weight``, ``selection_ess``, ``label_weights_uncertainty``,
+        ``label_weights_hardness``).
+    classes_ : list of ndarray or ndarray
+        ``[array([0, 1])] * n_labels`` for a label matrix, the two class labels for
+        1-D binary ``y``.
+    n_labels_ : int
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` has string column names.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_multilabel_classification
+    >>> from skd2ace import D2ACEMultiLabelClassifier
+    >>> X, Y = make_multilabel_classification(n_samples=200, n_classes=4, random_state=0)
+    >>> clf = D2ACEMultiLabelClassifier(max_epochs=5, random_state=0).fit(X, Y)
+    >>> clf.predict(X[:2]).shape, clf.predict_proba(X[:2]).dtype
+    ((2, 4), dtype('float64'))
+    >>> len(clf.net_.history), clf.net_.history[-1, "selection_pressure"] < 8
+    (5, True)
+    """
+
+    def __init__(
+        self,
+        module=None,
+        module_kwargs=None,
+        hidden_layer_sizes=(256,),
+        dropout=0.0,
+        max_epochs=100,
+        batch_size=128,
+        lr=1e-3,
+        weight_decay=1e-4,
+        optimizer="adam",
+        batch_selection="d2ace",
+        history_size=5,
+        flip_decay=0.7,
+        fluctuation_weight=0.5,
+        label_weight_mean=0.5,
+        label_weight_std=0.5,
+        dynamic_label_weights=True,
+        label_context="local",
+        n_neighbors=6,
+        selection_pressure=8.0,
+        warmup_epochs=None,
+        mixture_start=0.7,
+        mixture_end=0.3,
+        mixture_ramp_end=None,
+        validation_fraction=0.1,
+        patience=None,
+        threshold=0.5,
+        device="cpu",
+        num_workers=0,
+        callbacks=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.module = module
+        self.module_kwargs = module_kwargs
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.dropout = dropout
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.batch_selection = batch_selection
+        self.history_size = history_size
+        self.flip_decay = flip_decay
+        self.fluctuation_weight = fluctuation_weight
+        self.label_weight_mean = label_weight_mean
+        self.label_weight_std = label_weight_std
+        self.dynamic_label_weights = dynamic_label_weights
+        self.label_context = label_context
+        self.n_neighbors = n_neighbors
+        self.selection_pressure = selection_pressure
+        self.warmup_epochs = warmup_epochs
+        self.mixture_start = mixture_start
+        self.mixture_end = mixture_end
+        self.mixture_ramp_end = mixture_ramp_end
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.threshold = threshold
+        self.device = device
+        self.num_workers = num_workers
+        self.callbacks = callbacks
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ sklearn API
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.single_output = True
+        tags.target_tags.multi_output = True
+        tags.non_deterministic = False
+        return tags
+
+    def fit(self, X, y):
+        """Train a fresh network on ``X`` and the label matrix ``y``.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Features; sparse matrices are densified one batch at a time.
+        y : array-like of shape (n_samples, n_labels) or (n_samples,)
+            Binary indicator matrix (values 0/1), or 1-D binary labels.
+
+        Returns
+        -------
+        self
+        """
+        settings = self._check_params()
+        X, Y = self._check_data(X, y)
+        self._train(X, Y, settings)
+        return self
+
+    def predict_proba(self, X):
+        """Probability of each label, ``(n_samples, n_labels)`` float64 in (0, 1).
+
+        For 1-D binary ``y`` the shape is ``(n_samples, 2)`` (negative, positive).
+        """
+        check_is_fitted(self, "net_")
+        X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=(np.float32, np.float64))
+        logits = self.net_.forward(X, training=False)
+        proba = expit(logits.detach().cpu().numpy().astype(np.float64))
+        proba = np.clip(proba, _PROBA_EPS, 1.0 - _PROBA_EPS)
+        if self._binary_1d:
+            return np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
+        return proba
+
+    def predict(self, X):
+        """Labels ``predict_proba(X) > threshold``, in ``y``'s shape and dtype."""
+        proba = self.predict_proba(X)
+        if self._binary_1d:
+            return self.classes_[(proba[:, 1] > self.threshold).astype(np.intp)]
+        return (proba > self.threshold).astype(self._y_dtype)
+
+    # ------------------------------------------------------------------ internals
+    def _check_params(self) -> dict:
+        """Validate hyper-parameters (at fit, never in ``__init__``); derive defaults."""
+        T = check_scalar(self.max_epochs, "max_epochs", numbers.Integral, min_val=1)
+        check_scalar(self.batch_size, "batch_size", numbers.Integral, min_val=1)
+        check_scalar(self.lr, "lr", numbers.Real, min_val=0, include_boundaries="neither")
+        check_scalar(self.weight_decay, "weight_decay", numbers.Real, min_val=0)
+        check_scalar(
+            self.dropout, "dropout", numbers.Real, min_val=0, max_val=1, include_boundaries="left"
+        )
+        if self.batch_selection not in BATCH_SELECTIONS:
+            raise ValueError(
+                f"batch_selection must be one of {BATCH_SELECTIONS}, got {self.batch_selection!r}"
+            )
+        if self.label_context not in LABEL_CONTEXTS:
+            raise ValueError(
+                f"label_context must be one of {LABEL_CONTEXTS}, got {self.label_context!r}"
+            )
+        check_scalar(self.history_size, "history_size", numbers.Integral, min_val=2)
+        check_scalar(
+            self.flip_decay,
+            "flip_decay",
+            numbers.Real,
+            min_val=0,
+            max_val=1,
+            include_boundaries="right",
+        )
+        check_scalar(
+            self.fluctuation_weight, "fluctuation_weight", numbers.Real, min_val=0, max_val=1
+        )
+        for name in ("label_weight_mean", "label_weight_std"):
+            check_scalar(getattr(self, name), name, numbers.Real)
+        check_scalar(self.n_neighbors, "n_neighbors", numbers.Integral, min_val=0)
+        check_scalar(self.selection_pressure, "selection_pressure", numbers.Real, min_val=1)
+        for name in ("mixture_start", "mixture_end"):
+            check_scalar(getattr(self, name), name, numbers.Real, min_val=0, max_val=1)
+        warmup = round(0.1 * T) if self.warmup_epochs is None else self.warmup_epochs
+        check_scalar(warmup, "warmup_epochs", numbers.Integral, min_val=0, max_val=T - 1)
+        ramp_end = round(0.7 * T) if self.mixture_ramp_end is None else self.mixture_ramp_end
+        check_scalar(ramp_end, "mixture_ramp_end", numbers.Integral, min_val=0)
+        if self.validation_fraction is not None:
+            check_scalar(
+                self.validation_fraction,
+                "validation_fraction",
+                numbers.Real,
+                min_val=0,
+                max_val=1,
+                include_boundaries="left",
+            )
+        if self.patience is not None:
+            check_scalar(self.patience, "patience", numbers.Integral, min_val=1)
+        check_scalar(self.threshold, "threshold", numbers.Real, min_val=0, max_val=1)
+        check_scalar(self.num_workers, "num_workers", numbers.Integral, min_val=0)
+        optimizer = self.optimizer
+        if isinstance(optimizer, str):
+            if optimizer not in _OPTIMIZERS:
+                raise ValueError(
+                    f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch optimizer "
+                    f"class, got {optimizer!r}"
+                )
+            optimizer = _OPTIMIZERS[optimizer]
+        elif not (inspect.isclass(optimizer) and issubclass(optimizer, torch.optim.Optimizer)):
+            raise TypeError(
+                f"optimizer must be a name or a torch optimizer class, got {optimizer!r}"
+            )
+        module = MLP if self.module is None else self.module
+        if not (inspect.isclass(module) and issubclass(module, torch.nn.Module)):
+            raise TypeError(
+                "module must be a torch.nn.Module subclass (the class, not an instance), "
+                f"got {module!r}"
+            )
+        device = torch.device(self.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} was requested but CUDA is not available")
+        return {
+            "warmup": int(warmup),
+            "ramp_end": int(ramp_end),
+            "optimizer": optimizer,
+            "module": module,
+        }
+
+    def _check_data(self, X, y):
+        X, Y = validate_data(
+            self,
+            X,
+            y,
+            accept_sparse="csr",
+            dtype=(np.float32, np.float64),
+            multi_output=True,
+            ensure_min_samples=2,
+        )
+        check_classification_targets(Y)
+        target = type_of_target(Y, input_name="y")
+        if target not in ("binary", "multilabel-indicator"):
+            raise ValueError(
+                f"Only binary classification is supported. The type of the target is {target}."
+            )
+        if sp.issparse(Y):
+            Y = Y.toarray()
+        Y = np.asarray(Y)
+        self._binary_1d = Y.ndim == 1
+        self._y_dtype = Y.dtype
+        if self._binary_1d:
+            self.classes_ = np.unique(Y)
+            Y = (Y == self.classes_[-1]).astype(np.int8).reshape(-1, 1)
+            if self.classes_.size == 1:
+                Y[:] = 0
+        else:
+            values = np.unique(Y)
+            if not np.isin(values, (0, 1)).all():
+                raise ValueError(
+                    "y must be a binary indicator matrix with values 0 and 1 (one column "
+                    f"per label); got values {values[:10].tolist()}"
+                )
+            Y = Y.astype(np.int8)
+            self.classes_ = [np.array([0, 1], dtype=self._y_dtype) for _ in range(Y.shape[1])]
+        self.n_labels_ = Y.shape[1]
+        return X, Y
+
+    def _train(self, X, Y, settings) -> None:
+        rng = check_random_state(self.random_state)
+        split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
+        train_idx, valid_idx = self._split(X.shape[0], split_seed)
+        X_train, Y_train = X[train_idx], Y[train_idx]
+        sampler = D2ACEBatchSampler(
+            Y_train,
+            batch_size=self.batch_size,
+            max_epochs=self.max_epochs,
+            strategy=self.batch_selection,
+            warmup_epochs=settings["warmup"],
+            ramp_end=settings["ramp_end"],
+            neighbors=self._neighbors(X_train),
+            label_context=self.label_context,
+            history_size=self.history_size,
+            flip_decay=self.flip_decay,
+            fluctuation_weight=self.fluctuation_weight,
+            weight_mean=self.label_weight_mean,
+            weight_std=self.label_weight_std,
+            dynamic_weights=self.dynamic_label_weights,
+            initial_pressure=self.selection_pressure,
+            mixture_start=self.mixture_start,
+            mixture_end=self.mixture_end,
+            random_state=sampler_seed,
+        )
+        module, module_kwargs = self._module_params(settings["module"], X.shape[1])
+        valid = None
+        if valid_idx is not None:
+            valid = IndexedDataset(X[valid_idx], Y[valid_idx])
+        net = D2ACENet(
+            module,
+            criterion=torch.nn.BCEWithLogitsLoss,
+            criterion__reduction="none",
+            optimizer=settings["optimizer"],
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            train_split=None if valid is None else _PredefinedSplit(valid),
+            callbacks=self._callbacks(valid is not None),
+            predict_nonlinearity=sigmoid,
+            iterator_train__num_workers=self.num_workers,
+            device=self.device,
+            verbose=self.verbose,
+            callbacks__print_log__keys_ignored=list(SELECTION_KEYS[3:]),
+            batch_sampler=sampler,
+            **{f"module__{key}": value for key, value in module_kwargs.items()},
+        )
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(torch_seed))
+            net.fit(X_train, Y_train.astype(np.float32))
+        sampler.release()
+        self.net_ = net
+
+    def _split(self, n_samples: int, seed: int):
+        fraction = self.validation_fraction or 0.0
+        n_valid = math.ceil(fraction * n_samples) if fraction > 0 else 0
+        if n_valid == 0 or n_samples - n_valid < 1:
+            return np.arange(n_samples), None
+        order = np.random.default_rng(seed).permutation(n_samples)
+        return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+    def _neighbors(self, X_train):
+        if self.batch_selection != "d2ace" or self.label_context != "local":
+            return None
+        k = min(self.n_neighbors, X_train.shape[0] - 1)
+        if k <= 0:
+            return None
+        # kneighbors() without X never counts a point as its own neighbour.
+        nn = NearestNeighbors(n_neighbors=k).fit(X_train)
+        return nn.kneighbors(return_distance=False)
+
+    def _module_params(self, module, n_features):
+        kwargs = dict(self.module_kwargs or {})
+        if self.module is None:
+            kwargs.setdefault("hidden_layer_sizes", tuple(self.hidden_layer_sizes))
+            kwargs.setdefault("dropout", self.dropout)
+        accepted = inspect.signature(module.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        for key, value in (("n_features", n_features), ("n_labels", self.n_labels_)):
+            if takes_any or key in accepted:
+                kwargs.setdefault(key, value)
+        return module, kwargs
+
+    def _callbacks(self, validate: bool) -> list:
+        callbacks = []
+        if validate:
+            callbacks.append(
+                (
+                    "valid_macro_auc",
+                    EpochScoring(valid_macro_auc, lower_is_better=False, name="valid_macro_auc"),
+                )
+            )
+            callbacks.append(
+                (
+                    "best_valid_macro_auc",
+                    EarlyStopping(
+                        monitor="valid_macro_auc",
+                        lower_is_better=False,
+                        patience=self.patience or sys.maxsize,
+                        threshold=0.0,
+                        threshold_mode="abs",
+                        load_best=True,
+                        sink=print if self.verbose else _silent,
+                    ),
+                )
+            )
+        for i, callback in enumerate(self.callbacks or []):
+            if isinstance(callback, tuple):
+                callbacks.append(callback)
+            else:
+                callbacks.append((f"user_{i}_{type(callback).__name__}", callback))
+        return callbacks
+
+
+class _PredefinedSplit:
+    """skorch ``train_split`` returning a fixed validation dataset (picklable)."""
+
+    def __init__(self, valid):
+        self.valid = valid
+
+    def __call__(self, dataset, y=None, **kwargs):
+        return dataset, self.valid
+
+
+def _silent(*args, **kwargs):
+    return None

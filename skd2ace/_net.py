@@ -1,0 +1,115 @@
+"""The skorch network that trains with a D2ACE batch sampler (the only skorch-aware code)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.dataset import unpack_data
+from skorch.utils import is_dataset, to_tensor
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+from ._data import IndexedDataset, collate_batch
+
+__all__ = ["D2ACENet", "sigmoid"]
+
+#: History keys written every epoch by :class:`D2ACENet`.
+SELECTION_KEYS = (
+    "selection_pressure",
+    "mixture_weight",
+    "selection_ess",
+    "label_weights_uncertainty",
+    "label_weights_hardness",
+)
+
+
+def sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities from logits (a named function, so that nets pickle)."""
+    return torch.sigmoid(logits)
+
+
+class D2ACENet(NeuralNet):
+    """A skorch ``NeuralNet`` whose training batches come from a batch sampler.
+
+    The net uses an elementwise criterion (``reduction='none'``), back-propagates the
+    mean loss and hands the ``(B, q)`` probabilities and losses of every training
+    batch, with the batch's row indices, to ``batch_sampler.record``. At the end of
+    every epoch it writes the sampler's ``epoch_info_`` (selection pressure, mixture
+    weight, effective sample size, label weights) into :attr:`history`.
+
+    Datasets are :class:`~skd2ace._data.IndexedDataset` (whole batches per fetch).
+    Use it through :class:`skd2ace.D2ACEMultiLabelClassifier`; build it directly
+    only to customise skorch further.
+
+    Parameters
+    ----------
+    module, criterion, ... :
+        As for :class:`skorch.NeuralNet`; ``criterion`` must return an elementwise
+        loss (e.g. ``BCEWithLogitsLoss(reduction='none')``).
+    batch_sampler : D2ACEBatchSampler or None
+        Plans the training batches and records them; None trains on sequential
+        batches.
+    """
+
+    def __init__(self, module, *args, batch_sampler=None, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        self.batch_sampler = batch_sampler
+
+    def get_dataset(self, X, y=None):
+        if is_dataset(X):
+            return X
+        return IndexedDataset(X, y)
+
+    def get_iterator(self, dataset, training=False):
+        kwargs = self.get_params_for("iterator_train" if training else "iterator_valid")
+        kwargs.pop("shuffle", None)
+        batch_size = kwargs.pop("batch_size", self.batch_size)
+        if training and self.batch_sampler is not None:
+            batches = self.batch_sampler
+            if len(dataset) != batches.n_samples:
+                raise ValueError(
+                    f"the batch sampler was built for {batches.n_samples} training rows, "
+                    f"the training dataset has {len(dataset)}"
+                )
+        else:
+            if batch_size == -1:
+                batch_size = len(dataset)
+            batches = BatchSampler(SequentialSampler(dataset), max(1, batch_size), False)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, **kwargs)
+
+    def infer(self, x, **fit_params):
+        if isinstance(x, Mapping) and "sample_idx" in x:
+            x = x["X"]
+        return super().infer(x, **fit_params)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        return self.get_elementwise_loss(y_pred, y_true).mean()
+
+    def get_elementwise_loss(self, y_pred, y_true):
+        """The criterion's unreduced ``(B, q)`` loss."""
+        return self.criterion_(y_pred, to_tensor(y_true, device=self.device))
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        elementwise = self.get_elementwise_loss(y_pred, yi)
+        loss = elementwise.mean()
+        loss.backward()
+        if self.batch_sampler is not None and isinstance(Xi, Mapping):
+            with torch.no_grad():
+                self.batch_sampler.record(
+                    Xi["sample_idx"], torch.sigmoid(y_pred), elementwise.detach()
+                )
+        return {"loss": loss, "y_pred": y_pred}
+
+    def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):
+        super().on_epoch_end(net, dataset_train, dataset_valid, **kwargs)
+        if self.batch_sampler is None:
+            return
+        for key, value in self.batch_sampler.epoch_info_.items():
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            self.history.record(key, value)

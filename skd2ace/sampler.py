@@ -1,0 +1,216 @@
+"""The D2ACE batch sampler: a torch batch sampler that plans each epoch's batches."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch.utils.data import Sampler
+
+from . import selection
+from ._record import TrainingRecord
+
+__all__ = ["BATCH_SELECTIONS", "LABEL_CONTEXTS", "D2ACEBatchSampler"]
+
+#: Strategies understood by :class:`D2ACEBatchSampler` (``batch_selection``).
+BATCH_SELECTIONS = ("d2ace", "random")
+#: Label contexts: kNN neighbourhood, all labels (``Z ≡ 1``), or no enhancement.
+LABEL_CONTEXTS = ("local", "global", "none")
+
+
+class D2ACEBatchSampler(Sampler):
+    """Batch sampler that draws each epoch's mini-batches with D2ACE (METHOD.md §8).
+
+    Iterating the sampler (the DataLoader does it once per epoch) plans the whole
+    epoch at once: during warm-up a uniform permutation cut into batches,
+    afterwards ``⌈N/B⌉`` batches of distinct instances drawn from the epoch's D2ACE
+    distribution, computed with :mod:`skd2ace.selection` from everything recorded
+    up to the end of the previous epoch. The network reports every training batch
+    to :meth:`record` with the batch's row indices, so the bookkeeping stays right
+    with DataLoader worker processes and prefetching.
+
+    Parameters
+    ----------
+    Y : array-like or sparse matrix of shape (N, q)
+        Binary labels of the training set.
+    batch_size : int
+    max_epochs : int
+        ``T`` of the schedules.
+    strategy : {'d2ace', 'random'}, default='d2ace'
+        'random' shuffles uniformly every epoch and records nothing.
+    warmup_epochs, ramp_end : int
+        ``e_w`` and ``e_m`` (METHOD.md §6–7).
+    neighbors : ndarray of shape (N, k) or None
+        Nearest other instances of each instance, for the local label context.
+    label_context : {'local', 'global', 'none'}, default='local'
+        ``Z`` from the neighbours, ``Z ≡ 1``, or no correlation enhancement.
+    history_size, flip_decay, fluctuation_weight, weight_mean, weight_std,
+    initial_pressure, mixture_start, mixture_end, dynamic_weights
+        ``W``, ``α``, ``λ``, ``a``, ``b``, ``s0``, ``β0``, ``β1`` and whether the
+        label weights are dynamic (METHOD.md §9).
+    random_state : int or numpy Generator, default=None
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs planned so far (the schedules continue from here).
+    record_ : TrainingRecord or None
+        The recorded statistics (None for 'random').
+    epoch_info_ : dict
+        The last epoch's selection record: ``selection_pressure``,
+        ``mixture_weight``, ``selection_ess`` and the two label-weight vectors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Y = np.eye(3, dtype=int).repeat(4, axis=0)        # 12 instances, 3 labels
+    >>> sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=4, warmup_epochs=1,
+    ...                             ramp_end=3, random_state=0)
+    >>> [len(b) for b in sampler]                          # warm-up: a permutation
+    [5, 5, 2]
+    >>> for b in sampler:                                  # the net records each batch
+    ...     sampler.record(b, np.full((len(b), 3), 0.9), np.full((len(b), 3), 0.1))
+    >>> sampler.epoch, sampler.epoch_info_["selection_pressure"]
+    (2, 8.0)
+    """
+
+    def __init__(
+        self,
+        Y,
+        *,
+        batch_size: int,
+        max_epochs: int,
+        strategy: str = "d2ace",
+        warmup_epochs: int = 0,
+        ramp_end: int | None = None,
+        neighbors: np.ndarray | None = None,
+        label_context: str = "local",
+        history_size: int = 5,
+        flip_decay: float = 0.7,
+        fluctuation_weight: float = 0.5,
+        weight_mean: float = 0.5,
+        weight_std: float = 0.5,
+        dynamic_weights: bool = True,
+        initial_pressure: float = 8.0,
+        mixture_start: float = 0.7,
+        mixture_end: float = 0.3,
+        random_state=None,
+    ):
+        if strategy not in BATCH_SELECTIONS:
+            raise ValueError(f"strategy must be one of {BATCH_SELECTIONS}, got {strategy!r}")
+        if label_context not in LABEL_CONTEXTS:
+            raise ValueError(
+                f"label_context must be one of {LABEL_CONTEXTS}, got {label_context!r}"
+            )
+        self.labels = sp.csr_matrix((sp.csr_matrix(Y) != 0).astype(np.int8))
+        self.n_samples, self.n_labels = self.labels.shape
+        self.batch_size = int(batch_size)
+        self.max_epochs = int(max_epochs)
+        self.strategy = strategy
+        self.warmup_epochs = int(warmup_epochs)
+        self.ramp_end = self.max_epochs if ramp_end is None else int(ramp_end)
+        self.label_context = label_context
+        self.dynamic_weights = dynamic_weights
+        self.weight_mean, self.weight_std = weight_mean, weight_std
+        self.initial_pressure = float(initial_pressure)
+        self.mixture_start, self.mixture_end = mixture_start, mixture_end
+        self.rng = np.random.default_rng(random_state)
+        self.epoch = 0
+        self.epoch_info_: dict = {}
+        self.record_ = None
+        self.context_ = None
+        if strategy == "d2ace":
+            self.record_ = TrainingRecord(
+                self.n_samples, self.n_labels, history_size, flip_decay, fluctuation_weight
+            )
+            if label_context == "local":
+                empty = np.empty((self.n_samples, 0), dtype=np.intp)
+                nbrs = empty if neighbors is None else neighbors
+                self.context_ = selection.local_label_context(self.labels, nbrs)
+            elif label_context == "global":
+                self.context_ = np.ones((self.n_samples, self.n_labels), dtype=np.int8)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_samples / self.batch_size)
+
+    def __iter__(self):
+        yield from self.plan_epoch()
+
+    def plan_epoch(self) -> list[np.ndarray]:
+        """The batches of the next epoch (advances :attr:`epoch`)."""
+        n_batches = len(self)
+        e = self.epoch
+        self.epoch += 1
+        if self.strategy == "random":
+            self.epoch_info_ = {"selection_pressure": 1.0, "selection_ess": 1.0}
+            return self._shuffled()
+        pressure = selection.selection_pressure(
+            e, self.max_epochs, self.warmup_epochs, self.initial_pressure
+        )
+        mixture = selection.mixture_weight(
+            e, self.warmup_epochs, self.ramp_end, self.mixture_start, self.mixture_end
+        )
+        info = {"selection_pressure": pressure, "mixture_weight": mixture}
+        if e < self.warmup_epochs:
+            record = self.record_
+            for name, metric in (
+                ("uncertainty", record.uncertainty),
+                ("hardness", record.hardness),
+            ):
+                info[f"label_weights_{name}"] = self._weights(metric)
+            info["selection_ess"] = 1.0
+            batches = self._shuffled()
+        else:
+            P, extra = selection.d2ace_distribution(
+                self.record_.uncertainty,
+                self.record_.hardness,
+                self.labels,
+                self.context_,
+                pressure=pressure,
+                mixture=mixture,
+                a=self.weight_mean,
+                b=self.weight_std,
+                dynamic_weights=self.dynamic_weights,
+                correlation=self.label_context != "none",
+            )
+            info.update(
+                label_weights_uncertainty=extra["label_weights_uncertainty"].tolist(),
+                label_weights_hardness=extra["label_weights_hardness"].tolist(),
+                selection_ess=extra["ess"],
+            )
+            batches = selection.draw_batches(P, n_batches, self.batch_size, self.rng)
+        self.epoch_info_ = info
+        return batches
+
+    def record(self, idx, proba, loss) -> None:
+        """Record a training batch: row indices, probabilities and elementwise loss.
+
+        Accepts numpy arrays or torch tensors (moved to host memory).
+        """
+        if self.record_ is None:
+            return
+        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss))
+
+    def release(self) -> None:
+        """Drop the recorded state (O(N·q) memory) once training is over."""
+        self.record_ = None
+        self.context_ = None
+        self.labels = None
+
+    def _weights(self, metric: np.ndarray) -> list[float]:
+        if not self.dynamic_weights:
+            return [1.0] * self.n_labels
+        return selection.label_weights(metric, self.weight_mean, self.weight_std).tolist()
+
+    def _shuffled(self) -> list[np.ndarray]:
+        order = self.rng.permutation(self.n_samples)
+        step = self.batch_size
+        return [order[start : start + step] for start in range(0, order.size, step)]
+
+
+def _numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)

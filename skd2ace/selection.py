@@ -1,0 +1,507 @@
+"""The D2ACE selection maths as pure numpy functions (the functional core).
+
+Every function here implements one formula of the D2ACE method (Liu et al.,
+IJCAI-ECAI 2026) exactly as specified in ``METHOD.md``; the batch sampler of
+:class:`skd2ace.D2ACEMultiLabelClassifier` only records training statistics and
+calls these functions once per epoch. Researchers can call them directly.
+
+Element-wise functions keep float32 inputs in float32 (the batch sampler's
+fast path, within 1e-6 of float64 for these formulas' ranges) and compute
+everything else in float64.
+
+Conventions: ``N`` instances, ``q`` labels, ``W`` predictions kept per
+instance and label. Label matrices ``Y`` are binary indicators, dense arrays or
+scipy sparse matrices.
+
+Examples
+--------
+>>> import numpy as np
+>>> from skd2ace import selection
+>>> scores = np.array([0.0, 1.0, 2.0])
+>>> selection.rank_probabilities(scores, pressure=8.0).round(3)
+array([0.143, 0.286, 0.571])
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "NonFiniteScoresWarning",
+    "binary_entropy",
+    "combine_uncertainty",
+    "d2ace_distribution",
+    "draw_batches",
+    "effective_sample_size",
+    "hardness",
+    "instance_scores",
+    "label_correlation",
+    "label_weights",
+    "local_label_context",
+    "mixture_weight",
+    "rank_probabilities",
+    "selection_pressure",
+    "uncertainty",
+]
+
+_P_CLIP = 1e-7
+
+
+class NonFiniteScoresWarning(RuntimeWarning):
+    """Scores held NaN or inf (a diverged model); selection fell back to uniform."""
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits, with ``p`` clipped to ``[1e-7, 1 - 1e-7]``.
+
+    Examples
+    --------
+    >>> binary_entropy(np.array([0.5, 0.25])).round(4)
+    array([1.    , 0.8113])
+    """
+    p = np.clip(_floats(p), _P_CLIP, 1.0 - _P_CLIP)
+    return -(p * np.log2(p) + (1.0 - p) * np.log2(1.0 - p))
+
+
+def combine_uncertainty(
+    fluctuation: np.ndarray, last_prob: np.ndarray, lam: float = 0.5
+) -> np.ndarray:
+    """Uncertainty from window summaries: ``λ·fluctuation + (1 − λ)·H2(last_prob)``.
+
+    This is the formula of :func:`uncertainty` after the window has been reduced to
+    its mean absolute change between consecutive predictions (``fluctuation``) and
+    its newest prediction (``last_prob``). The batch sampler keeps exactly these two
+    summaries up to date while training, so it never materialises the window.
+
+    Examples
+    --------
+    >>> combine_uncertainty(np.array([[0.2]]), np.array([[0.5]]))
+    array([[0.6]])
+    """
+    return lam * _floats(fluctuation) + (1.0 - lam) * binary_entropy(last_prob)
+
+
+def uncertainty(history: np.ndarray, lam: float = 0.5) -> np.ndarray:
+    """Uncertainty ``E`` of every instance and label (METHOD.md §2).
+
+    ``E_ij = λ · mean_t |p^(t) − p^(t−1)| + (1 − λ) · H2(p^(last))``: the mean is
+    over consecutive pairs of recorded predictions in the window (0 with fewer than
+    two), ``H2`` the binary entropy in bits.
+
+    Parameters
+    ----------
+    history : ndarray of shape (N, W, q)
+        The last ``W`` predicted probabilities, oldest to newest, NaN where an
+        instance has fewer than ``W`` predictions yet. An instance with no
+        prediction at all counts as ``p = 0.5`` (the uninformed prediction).
+    lam : float, default=0.5
+        Weight of the fluctuation term against the entropy term.
+
+    Returns
+    -------
+    E : ndarray of shape (N, q), values in [0, 1]
+
+    Examples
+    --------
+    >>> h = np.array([[[0.5], [0.7], [0.6]]])       # one instance, W=3, q=1
+    >>> uncertainty(h).round(4)                      # 0.5*0.15 + 0.5*H2(0.6)
+    array([[0.5605]])
+    """
+    h = np.asarray(history, dtype=np.float64)
+    if h.ndim != 3:
+        raise ValueError(f"history must have shape (N, W, q), got {h.shape}")
+    present = ~np.isnan(h)
+    diffs = np.abs(np.diff(h, axis=1))
+    n_pairs = (present[:, 1:] & present[:, :-1]).sum(axis=1)
+    total = np.where(np.isnan(diffs), 0.0, diffs).sum(axis=1)
+    fluctuation = total / np.maximum(n_pairs, 1)
+    newest = h.shape[1] - 1 - np.argmax(present[:, ::-1, :], axis=1)
+    last = np.take_along_axis(h, newest[:, None, :], axis=1)[:, 0, :]
+    last = np.where(present.any(axis=1), last, 0.5)
+    return combine_uncertainty(fluctuation, last, lam)
+
+
+def hardness(loss: np.ndarray, flip_ema: np.ndarray) -> np.ndarray:
+    """Noise-resistant hardness ``H = (1 − exp(−loss)) · (1 − flip_ema)`` (METHOD.md §2).
+
+    The first factor maps the latest elementwise loss into ``[0, 1)``; the second
+    discounts labels whose predictions keep oscillating (likely noise).
+
+    Examples
+    --------
+    >>> hardness(np.array([[np.log(2.0)]]), np.array([[0.5]]))
+    array([[0.25]])
+    """
+    return -np.expm1(-_floats(loss)) * (1.0 - _floats(flip_ema))
+
+
+def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndarray:
+    """Dynamic label weights ``v_j = exp(a·mean_i M_ij + b·std_i M_ij)`` (METHOD.md §3).
+
+    The standard deviation is the population one (``ddof=0``).
+
+    Examples
+    --------
+    >>> label_weights(np.array([[0.0, 1.0], [0.0, 0.0]])).round(4)
+    array([1.    , 1.6487])
+    """
+    m = np.asarray(metric, dtype=np.float64)
+    return np.exp(a * m.mean(axis=0) + b * m.std(axis=0))
+
+
+def local_label_context(Y, neighbors: np.ndarray) -> np.ndarray:
+    """Local label context ``Z`` (METHOD.md §4.1).
+
+    ``Z_ij = 1`` when instance ``i`` or any of its neighbours has label ``j``.
+
+    Parameters
+    ----------
+    Y : array-like or sparse matrix of shape (N, q)
+        Binary label matrix.
+    neighbors : ndarray of shape (N, k)
+        Indices of the ``k`` nearest *other* instances of each instance
+        (``k = 0`` gives ``Z = Y``).
+
+    Returns
+    -------
+    Z : ndarray of shape (N, q), dtype int8, values in {0, 1}
+
+    Examples
+    --------
+    >>> Y = np.array([[1, 0], [0, 1], [0, 0]])
+    >>> local_label_context(Y, np.array([[1], [2], [1]]))
+    array([[1, 1],
+           [0, 1],
+           [0, 1]], dtype=int8)
+    """
+    Y = _dense_labels(Y)
+    neighbors = np.asarray(neighbors, dtype=np.intp).reshape(Y.shape[0], -1)
+    Z = Y.copy()
+    # One vectorised pass per neighbour rank (k is small): never an (N, k, q) array.
+    for column in neighbors.T:
+        Z |= Y[column]
+    return Z
+
+
+def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
+    """Row-normalised cosine similarity of the masked metric columns (METHOD.md §4.2–3).
+
+    ``M̃ = M ⊙ Y``; ``C_jk = ⟨M̃_·j, M̃_·k⟩ / ((‖M̃_·j‖ + ε)(‖M̃_·k‖ + ε))``; each row
+    is then divided by its sum plus ``ε``. Only the positive entries of ``Y`` are
+    touched (sparse products), so the cost is ``Σ_i nnz(Y_i)²``, not ``N·q²``.
+
+    Returns
+    -------
+    C : ndarray of shape (q, q)
+        Rows sum to 1 (up to ``ε``) or are all zero.
+
+    Examples
+    --------
+    >>> M = np.array([[0.5, 0.5], [0.2, 0.9]])
+    >>> label_correlation(M, np.array([[1, 1], [1, 0]])).round(3)
+    array([[0.519, 0.481],
+           [0.481, 0.519]])
+    """
+    masked = _masked(metric, Y)
+    gram = np.asarray((masked.T @ masked).toarray(), dtype=np.float64)
+    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None)) + eps
+    corr = gram / norms[:, None] / norms[None, :]
+    return corr / (corr.sum(axis=1, keepdims=True) + eps)
+
+
+def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: np.ndarray):
+    """Correlation-enhanced instance scores (METHOD.md §4.4 and §5).
+
+    ``score_i = Σ_j v_j · M_ij · (1 + y_ij · S_ij)`` with ``S = Z · C̄ᵀ``. ``S`` is
+    never materialised: ``Σ_j v_j M̃_ij S_ij = Σ_k Z_ik [(M̃ diag v) C̄]_ik``, which
+    costs ``nnz(Y)·q + N·q``.
+
+    Parameters
+    ----------
+    metric : ndarray (N, q)
+        ``E`` or ``H``.
+    Y : array-like or sparse (N, q)
+        Binary label matrix.
+    Z : array-like or sparse (N, q)
+        Local label context (:func:`local_label_context`); all ones for a global
+        context.
+    weights : ndarray (q,)
+        Label weights (:func:`label_weights`); all ones for static weights.
+    correlation : ndarray (q, q)
+        ``C̄`` (:func:`label_correlation`); zeros disable the enhancement.
+
+    Returns
+    -------
+    scores : ndarray of shape (N,)
+
+    Examples
+    --------
+    >>> M = np.array([[0.5, 0.5], [0.2, 0.9]])
+    >>> Y = np.array([[1, 1], [1, 0]])
+    >>> C = label_correlation(M, Y)
+    >>> instance_scores(M, Y, Y, np.ones(2), C).round(4)
+    array([2.    , 1.2037])
+    """
+    m = np.asarray(metric, dtype=np.float64)
+    v = np.asarray(weights, dtype=np.float64)
+    base = m @ v
+    weighted = _masked(m * v, Y)
+    boost = np.asarray(weighted @ np.asarray(correlation, dtype=np.float64))
+    if sp.issparse(Z):
+        extra = np.asarray(Z.multiply(boost).sum(axis=1)).ravel()
+    else:
+        extra = np.einsum("ij,ij->i", np.asarray(Z, dtype=np.float64), boost)
+    return base + extra
+
+
+def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
+    """Quantised-rank sampling probabilities with selection pressure (METHOD.md §6).
+
+    ``â = (a − min a)/(max a − min a)`` (zeros when constant);
+    ``κ_i = clip(⌈N(1 − â_i)⌉, 1, N)``; ``π_i ∝ s^(−κ_i/N)``. The top-scored
+    instance gets about ``s`` times the probability of the lowest; ``s = 1`` is
+    uniform. Non-finite scores give the uniform distribution and a
+    :class:`NonFiniteScoresWarning`.
+
+    Examples
+    --------
+    >>> rank_probabilities(np.array([3.0, 3.0]), pressure=8.0)
+    array([0.5, 0.5])
+    """
+    a = np.asarray(scores, dtype=np.float64).ravel()
+    n = a.size
+    if n == 0:
+        return a
+    if not np.all(np.isfinite(a)):
+        warnings.warn(
+            "instance scores are not finite (has the model diverged?); "
+            "using uniform sampling probabilities this epoch",
+            NonFiniteScoresWarning,
+            stacklevel=2,
+        )
+        return np.full(n, 1.0 / n)
+    low, high = a.min(), a.max()
+    a_hat = (a - low) / (high - low) if high > low else np.zeros(n)
+    # The tolerance keeps ranks that lie exactly on a quantisation boundary from
+    # flipping under floating-point rounding (e.g. after an affine rescaling).
+    kappa = np.clip(np.ceil(n * (1.0 - a_hat) - 1e-9), 1, n)
+    logits = -(kappa / n) * math.log(pressure)
+    p = np.exp(logits - logits.max())
+    return p / p.sum()
+
+
+def selection_pressure(
+    epoch: int, max_epochs: int, warmup_epochs: int, initial: float = 8.0
+) -> float:
+    """Selection pressure ``s_e``: ``s0`` during warm-up, then exponential decay to 1.
+
+    ``s_e = max(1, s0^(1 − (e − e_w)/(T − e_w)))`` for ``e ≥ e_w`` (METHOD.md §6).
+
+    Examples
+    --------
+    >>> [round(selection_pressure(e, 10, 2), 3) for e in (0, 2, 6, 10)]
+    [8.0, 8.0, 2.828, 1.0]
+    """
+    if epoch < warmup_epochs:
+        return float(initial)
+    span = max_epochs - warmup_epochs
+    if span <= 0:
+        return 1.0
+    return float(max(1.0, initial ** (1.0 - (epoch - warmup_epochs) / span)))
+
+
+def mixture_weight(
+    epoch: int, warmup_epochs: int, ramp_end: int, start: float = 0.7, end: float = 0.3
+) -> float:
+    """Weight ``β_e`` of the uncertainty pool in the stage-wise mixture (METHOD.md §7).
+
+    ``β_e = β0 + (β1 − β0) · clip((e − e_w)/(e_m − e_w), 0, 1)``.
+
+    Examples
+    --------
+    >>> [round(mixture_weight(e, 10, 70), 3) for e in (0, 10, 40, 70, 99)]
+    [0.7, 0.7, 0.5, 0.3, 0.3]
+    """
+    if ramp_end > warmup_epochs:
+        t = min(max((epoch - warmup_epochs) / (ramp_end - warmup_epochs), 0.0), 1.0)
+    else:
+        t = 1.0 if epoch >= warmup_epochs else 0.0
+    return float(start + (end - start) * t)
+
+
+def effective_sample_size(p: np.ndarray) -> float:
+    """Effective sample size of a distribution as a fraction of ``N``: ``1/(N·Σp²)``.
+
+    Exactly 1.0 for the uniform distribution.
+
+    Examples
+    --------
+    >>> effective_sample_size(np.full(4, 0.25))
+    1.0
+    """
+    p = np.asarray(p, dtype=np.float64)
+    return float(1.0 / (p.size * np.dot(p, p)))
+
+
+def d2ace_distribution(
+    uncertainty_metric: np.ndarray,
+    hardness_metric: np.ndarray,
+    Y,
+    Z,
+    *,
+    pressure: float,
+    mixture: float,
+    a: float = 0.5,
+    b: float = 0.5,
+    dynamic_weights: bool = True,
+    correlation: bool = True,
+) -> tuple[np.ndarray, dict]:
+    """The epoch's sampling distribution ``P`` from the two metrics (METHOD.md §3–§7).
+
+    ``P = β·π(u, s) + (1 − β)·π(h, s)`` where ``u`` and ``h`` are the
+    correlation-enhanced instance scores of the uncertainty and hardness metrics.
+
+    Parameters
+    ----------
+    uncertainty_metric, hardness_metric : ndarray (N, q)
+        ``E`` and ``H``.
+    Y, Z : array-like or sparse (N, q)
+        Labels and label context (all ones for a global context).
+    pressure, mixture : float
+        ``s_e`` and ``β_e``.
+    a, b : float
+        Mean and standard-deviation coefficients of the label weights.
+    dynamic_weights : bool
+        False uses static label weights ``v ≡ 1`` (ablation).
+    correlation : bool
+        False disables the correlation enhancement, ``S ≡ 0`` (ablation).
+
+    Returns
+    -------
+    P : ndarray (N,)
+        A probability distribution.
+    info : dict
+        ``label_weights_uncertainty``, ``label_weights_hardness`` (arrays (q,))
+        and ``ess`` (:func:`effective_sample_size` of ``P``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> E, H = rng.random((5, 3)), rng.random((5, 3))
+    >>> Y = (rng.random((5, 3)) < 0.5).astype(int)
+    >>> P, info = d2ace_distribution(E, H, Y, Y, pressure=4.0, mixture=0.7)
+    >>> bool(np.isclose(P.sum(), 1.0)), round(info["ess"], 3) <= 1.0
+    (True, True)
+    """
+    q = np.shape(uncertainty_metric)[1]
+    pools = []
+    info = {}
+    for name, metric, share in (
+        ("uncertainty", uncertainty_metric, mixture),
+        ("hardness", hardness_metric, 1.0 - mixture),
+    ):
+        v = label_weights(metric, a, b) if dynamic_weights else np.ones(q)
+        info[f"label_weights_{name}"] = v
+        if share == 0.0:
+            continue
+        corr = label_correlation(metric, Y) if correlation else np.zeros((q, q))
+        pools.append(share * rank_probabilities(instance_scores(metric, Y, Z, v, corr), pressure))
+    P = np.sum(pools, axis=0)
+    P /= P.sum()
+    info["ess"] = effective_sample_size(P)
+    return P, info
+
+
+def draw_batches(
+    p: np.ndarray, n_batches: int, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Draw the batches of an epoch from ``p`` (METHOD.md §8).
+
+    Each batch holds distinct instances drawn from ``p`` without replacement
+    (successive sampling); instances may repeat across batches. Batches hold
+    ``batch_size`` instances except the last, which holds the remainder of
+    ``N`` (the epoch has ``N`` draws in all).
+
+    All batches are drawn together: an i.i.d. stream per batch is cut to its
+    first ``batch_size`` distinct instances, which is exactly successive
+    sampling; a batch whose stream holds too few distinct instances is completed
+    by successive sampling over the instances not yet drawn, with exponential
+    races (Efraimidis–Spirakis), which keeps the draw exact. The cost is about
+    ``O(N log B)`` per epoch instead of the ``O(N²/B)`` of one ``choice`` per batch.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> batches = draw_batches(np.full(10, 0.1), 3, 4, rng)
+    >>> [len(b) for b in batches], all(len(set(b)) == len(b) for b in batches)
+    ([4, 4, 2], True)
+    """
+    p = np.asarray(p, dtype=np.float64)
+    n = p.size
+    sizes = np.full(n_batches, batch_size, dtype=np.intp)
+    sizes[-1] = n - (n_batches - 1) * batch_size
+    support = np.count_nonzero(p)
+    if support < sizes.max():
+        raise ValueError(
+            f"cannot draw {sizes.max()} distinct instances from a distribution "
+            f"with {support} non-zero probabilities"
+        )
+    # 25% more draws than needed covers the duplicates of all but very skewed p.
+    length = int(batch_size + max(8, math.ceil(0.25 * batch_size)))
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    stream = np.searchsorted(cdf, rng.random((n_batches, length)), side="right")
+    stream = np.minimum(stream, n - 1)
+    order = np.argsort(stream, axis=1, kind="stable")
+    ranked = np.take_along_axis(stream, order, axis=1)
+    repeat = np.zeros_like(ranked, dtype=bool)
+    repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+    first = np.empty_like(repeat)
+    np.put_along_axis(first, order, ~repeat, axis=1)
+    keep = first & (np.cumsum(first, axis=1) <= sizes[:, None])
+    counts = keep.sum(axis=1)
+    batches = []
+    for row in range(n_batches):
+        found = stream[row][keep[row]]
+        if counts[row] < sizes[row]:
+            # Too many repeats in this stream: successive sampling continues from
+            # p restricted to the instances not yet drawn, exactly, via
+            # exponential races (O(N), rare for all but tiny or very skewed p).
+            rest = p.copy()
+            rest[found] = 0.0
+            keys = rng.exponential(size=n) / np.where(rest > 0, rest, np.nan)
+            keys = np.where(np.isnan(keys), np.inf, keys)
+            more = sizes[row] - counts[row]
+            chosen = np.argpartition(keys, more - 1)[:more]
+            found = np.concatenate([found, chosen[np.argsort(keys[chosen])]])
+        batches.append(found)
+    return batches
+
+
+def _floats(x) -> np.ndarray:
+    """``x`` as a float array: float32 stays float32 (the sampler's fast path), all
+    else becomes float64."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float32 else x.astype(np.float64)
+
+
+def _dense_labels(Y) -> np.ndarray:
+    if sp.issparse(Y):
+        Y = Y.toarray()
+    return (np.asarray(Y) != 0).astype(np.int8)
+
+
+def _masked(metric, Y) -> sp.csr_matrix:
+    """``metric ⊙ Y`` as a CSR matrix built from the positive entries of ``Y``."""
+    m = np.asarray(metric)
+    if sp.issparse(Y):
+        coo = sp.coo_matrix(Y)
+        keep = coo.data != 0
+        rows, cols = coo.row[keep], coo.col[keep]
+    else:
+        rows, cols = np.nonzero(np.asarray(Y))
+    return sp.csr_matrix((m[rows, cols].astype(np.float64), (rows, cols)), shape=m.shape)

@@ -1,0 +1,26 @@
+"""Shared pytest fixtures."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def mulan_home() -> Path:
+    """Folder holding the real MULAN files (``NAME/NAME.arff`` ...).
+
+    ``$SKD2ACE_DATA`` if set, else ``../shared/data/mulan`` seen from the repository root.
+    Missing: the test fails on CI (``CI=true``) and is skipped elsewhere.
+    """
+    env = os.environ.get("SKD2ACE_DATA")
+    if env:
+        home = Path(env).expanduser()
+    else:
+        home = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mulan"
+    if not home.is_dir():
+        msg = f"MULAN data folder {home} not found (set SKD2ACE_DATA to the MULAN files)."
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return home
