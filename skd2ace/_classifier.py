@@ -260,6 +260,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         proba = expit(logits.detach().cpu().numpy().astype(np.float64))
         proba = np.clip(proba, _PROBA_EPS, 1.0 - _PROBA_EPS)
         if self._binary_1d:
+            if self.classes_.size == 1:  # y held one class: it is certain
+                return np.ones((proba.shape[0], 1))
             return np.column_stack([1.0 - proba[:, 0], proba[:, 0]])
         return proba
 
@@ -267,6 +269,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """Labels ``predict_proba(X) > threshold``, in ``y``'s shape and dtype."""
         proba = self.predict_proba(X)
         if self._binary_1d:
+            if self.classes_.size == 1:
+                return np.repeat(self.classes_, proba.shape[0])
             return self.classes_[(proba[:, 1] > self.threshold).astype(np.intp)]
         return (proba > self.threshold).astype(self._y_dtype)
 

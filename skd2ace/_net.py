@@ -77,6 +77,12 @@ class D2ACENet(NeuralNet):
             if batch_size == -1:
                 batch_size = len(dataset)
             batches = BatchSampler(SequentialSampler(dataset), max(1, batch_size), False)
+        if "generator" not in kwargs:
+            # DataLoader draws a worker base seed from the global torch RNG at every
+            # iteration; an own generator keeps predict() off the global state, and
+            # training (seeded from inside the estimator's fork_rng) reproducible.
+            seed = int(torch.randint(2**62, ()).item()) if training else 0
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, **kwargs)
 
     def infer(self, x, **fit_params):

@@ -1,0 +1,88 @@
+"""D2ACENet: the recorded statistics belong to the rows that were in each batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from skd2ace import D2ACEBatchSampler, D2ACENet, selection
+
+
+class RowLogits(torch.nn.Module):
+    """Returns the first ``n_labels`` input columns as logits (plus a frozen-at-zero
+    parameter so that the optimizer has something to hold)."""
+
+    def __init__(self, n_labels):
+        super().__init__()
+        self.n_labels = n_labels
+        self.zero = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, X):
+        return X[:, : self.n_labels] + 0.0 * self.zero
+
+
+def bookkeeping_problem(n=203, q=3, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(n, q)).astype(np.float32)
+    X = np.hstack([logits, rng.random((n, 2), dtype=np.float32)])
+    Y = (rng.random((n, q)) < 0.4).astype(np.float32)
+    return X, Y, logits
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_recorded_losses_belong_to_batch_rows(num_workers):
+    X, Y, logits = bookkeeping_problem()
+    sampler = D2ACEBatchSampler(
+        Y, batch_size=16, max_epochs=4, warmup_epochs=1, ramp_end=3, random_state=0
+    )
+    net = D2ACENet(
+        RowLogits,
+        module__n_labels=Y.shape[1],
+        criterion=torch.nn.BCEWithLogitsLoss,
+        criterion__reduction="none",
+        optimizer=torch.optim.SGD,
+        lr=0.0,
+        max_epochs=4,
+        batch_size=16,
+        train_split=None,
+        batch_sampler=sampler,
+        iterator_train__num_workers=num_workers,
+        verbose=0,
+    )
+    net.fit(X, Y)
+    record = sampler.record_
+    proba = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    bce = np.logaddexp(0.0, logits) - Y * logits
+    # Each row's own constant prediction was recorded for it, never another row's.
+    np.testing.assert_allclose(record.last, proba, rtol=1e-6, atol=1e-6)
+    assert record.seen.min() >= 1 and record.seen.sum() == 4 * len(X)
+    # Constant predictions: no fluctuation, no flips; E is the entropy term only.
+    np.testing.assert_allclose(record.flip, 0.0, atol=1e-7)
+    np.testing.assert_allclose(
+        record.hardness, selection.hardness(bce, np.zeros_like(bce)), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        record.uncertainty, 0.5 * selection.binary_entropy(proba), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_history_gets_sampler_info_and_iterator_length():
+    X, Y, _ = bookkeeping_problem(n=50)
+    sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=3, warmup_epochs=1, random_state=0)
+    net = D2ACENet(
+        RowLogits,
+        module__n_labels=Y.shape[1],
+        criterion=torch.nn.BCEWithLogitsLoss,
+        criterion__reduction="none",
+        lr=0.0,
+        max_epochs=3,
+        batch_size=8,
+        train_split=None,
+        batch_sampler=sampler,
+        verbose=0,
+    )
+    net.fit(X, Y)
+    assert net.history[:, "train_batch_count"] == [7, 7, 7]
+    assert net.history[0, "selection_ess"] == 1.0
+    assert len(net.history[-1, "label_weights_hardness"]) == Y.shape[1]
+    with pytest.raises(ValueError, match="batch sampler was built for 50"):
+        net.partial_fit(X[:20], Y[:20])
