@@ -1,14 +1,14 @@
-"""What D2ACE records while a network trains (METHOD.md §1), kept up to date per batch."""
+"""What D2ACE records while a network trains (METHOD.md §1)."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from . import selection
 
-_LOG2 = math.log(2.0)
+# |Δp| ∈ [0, 1] is stored as an integer number of 1/65535 steps: 2 bytes, an error of
+# at most 7.7e-6 per change, and exact integer running sums (no drift).
+_CHANGE_SCALE = 65535.0
 
 
 class TrainingRecord:
@@ -16,19 +16,25 @@ class TrainingRecord:
 
     For every training instance ``i`` and label ``j`` the record keeps the newest
     predicted probability, the flip EMA ``f_ij``, a ring of the last ``W − 1``
-    absolute probability changes (float16) with their running sum, and the two
-    metrics ``E`` (uncertainty) and ``H`` (hardness) of METHOD.md §2 for the
-    instance's current statistics. Updating a batch touches only that batch's
-    rows, and the metrics are recomputed there with the functional core
-    (:func:`skd2ace.selection.combine_uncertainty`, :func:`~skd2ace.selection.hardness`),
-    so the epoch's selection never has to revisit the whole window.
+    absolute probability changes (quantised to 1/65535) with their exact running
+    sum, and the two metrics ``E`` (uncertainty) and ``H`` (hardness) of METHOD.md
+    §2 for the instance's current statistics, computed with the functional core
+    (:func:`skd2ace.selection.combine_uncertainty`, :func:`~skd2ace.selection.hardness`).
+
+    :meth:`update` only queues a batch (a list append: training batches stay
+    cheap); queued batches are applied in order, vectorised over many batches at
+    once, when the metrics are read, when :meth:`flush` is called, or when the
+    queue holds ``flush_every`` elements. An instance that occurs several times in
+    the queue is applied once per occurrence, in training order, so the result is
+    exactly that of recording batch by batch.
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
-    ``E = (1 − λ)``, ``H = 0.5 · (1 − 0) = 0.5``.
+    ``E = 1 − λ`` and ``H = 0.5``.
 
     The state lives in host memory as numpy arrays: it is what the numpy
-    selection reads every epoch, and it keeps GPU memory for the model.
-    Memory: 28 bytes per (instance, label) at ``W = 5`` plus 4 per instance.
+    selection reads every epoch, and it leaves GPU memory to the model.
+    Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``) plus
+    4 bytes per instance, plus the queue (at most ``flush_every`` elements).
 
     Parameters
     ----------
@@ -39,6 +45,18 @@ class TrainingRecord:
         ``α`` of the flip EMA.
     lam : float, default=0.5
         ``λ``, weight of the fluctuation term in ``E``.
+    flush_every : int, default=2**21
+        Queue size (instances × labels) that triggers applying the queue.
+
+    Examples
+    --------
+    >>> rec = TrainingRecord(3, 1, history_size=3)
+    >>> for p in (0.5, 0.7, 0.6):
+    ...     rec.update([0], np.array([[p]]), np.array([[0.1]]))
+    >>> rec.uncertainty.round(4)      # 0.5 · (0.2 + 0.1)/2 + 0.5 · H2(0.6); rows 1, 2 unseen
+    array([[0.5605],
+           [0.5   ],
+           [0.5   ]], dtype=float32)
     """
 
     def __init__(
@@ -48,69 +66,108 @@ class TrainingRecord:
         history_size: int = 5,
         flip_decay: float = 0.7,
         lam: float = 0.5,
+        flush_every: int = 2**21,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
+        self.flush_every = flush_every
         shape = (n_samples, n_labels)
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
         self.flip = np.zeros(shape, dtype=np.float32)
-        self.change_sum = np.zeros(shape, dtype=np.float32)
-        # Ring of |Δp| laid out slot-major: row (slot · N + i) holds instance i.
-        self.changes = np.zeros((max(history_size - 1, 1) * n_samples, n_labels), np.float16)
-        self.uncertainty = np.full(shape, 1.0 - lam, dtype=np.float32)
-        self.hardness = np.full(shape, 0.5, dtype=np.float32)
+        self.change_sum = np.zeros(shape, dtype=np.int32)
+        # Ring of quantised |Δp|, slot-major: row (slot · N + i) holds instance i.
+        self.changes = np.zeros((max(history_size - 1, 1) * n_samples, n_labels), np.uint16)
+        self._uncertainty = np.full(shape, 1.0 - lam, dtype=np.float32)
+        self._hardness = np.full(shape, 0.5, dtype=np.float32)
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._queued = 0
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """``E`` (N, q), float32, everything recorded so far included."""
+        self.flush()
+        return self._uncertainty
+
+    @property
+    def hardness(self) -> np.ndarray:
+        """``H`` (N, q), float32, everything recorded so far included."""
+        self.flush()
+        return self._hardness
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the record."""
-        return sum(
-            a.nbytes
-            for a in (
-                self.seen,
-                self.last,
-                self.flip,
-                self.change_sum,
-                self.changes,
-                self.uncertainty,
-                self.hardness,
-            )
-        )
+        """Bytes held by the record's state (the queue excluded)."""
+        arrays = (self.seen, self.last, self.flip, self.change_sum, self.changes)
+        return sum(a.nbytes for a in arrays) + self._uncertainty.nbytes + self._hardness.nbytes
 
-    def update(self, idx: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:
-        """Record one training batch.
+    def update(self, idx, proba, loss) -> None:
+        """Queue one training batch.
 
         Parameters
         ----------
-        idx : ndarray of shape (B,)
+        idx : array-like of shape (B,)
             Distinct row indices (into the training set) of the batch.
-        proba : ndarray of shape (B, q)
+        proba : array-like of shape (B, q)
             Predicted probabilities of the training forward pass.
-        loss : ndarray of shape (B, q)
+        loss : array-like of shape (B, q)
             Elementwise loss of the same pass.
         """
         idx = np.asarray(idx, dtype=np.intp)
-        proba = np.asarray(proba, dtype=np.float32)
-        seen = self.seen[idx]
-        change = np.abs(proba - self.last[idx])
-        change *= (seen > 0)[:, None]
-        flip = self.flip[idx]
+        self._queue.append(
+            (idx, np.asarray(proba, dtype=np.float32), np.asarray(loss, dtype=np.float32))
+        )
+        self._queued += idx.size * self.n_labels
+        if self._queued >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the queued batches, in training order."""
+        if not self._queue:
+            return
+        idx = np.concatenate([item[0] for item in self._queue])
+        proba = np.concatenate([item[1] for item in self._queue])
+        loss = np.concatenate([item[2] for item in self._queue])
+        self._queue, self._queued = [], 0
+
+        # Occurrence rank of each queued row among the rows of the same instance:
+        # round r applies every instance's r-th occurrence, all distinct instances.
+        order = np.argsort(idx, kind="stable")
+        ranked = idx[order]
+        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+        sizes = np.diff(np.r_[starts, ranked.size])
+        rank = np.arange(ranked.size) - np.repeat(starts, sizes)
+        for r in range(int(sizes.max())):
+            rows = order[rank == r]
+            self._apply(idx[rows], proba[rows])
+
+        touched = ranked[starts]
+        newest = order[starts + sizes - 1]
+        self._refresh_metrics(touched, loss[newest])
+
+    def _apply(self, inst: np.ndarray, proba: np.ndarray) -> None:
+        """One prediction for each of the distinct instances ``inst``."""
+        seen = self.seen[inst]
+        change = np.abs(proba - self.last[inst])
+        change[seen == 0] = 0.0
+        flip = self.flip[inst]
         flip += self.flip_decay * (change - flip)
+        self.flip[inst] = flip
         slots = self.history_size - 1
         if slots > 0:
-            # The change recorded now replaces the oldest one in the ring: its slot
-            # is the count of changes so far (seen − 1) modulo the ring length.
-            rows = (np.maximum(seen - 1, 0) % slots) * self.n_samples + idx
-            change16 = change.astype(np.float16)
-            total = self.change_sum[idx] + change16 - self.changes[rows]
-            self.changes[rows] = change16
-            pairs = np.clip(seen, 1, slots)[:, None]
-            fluctuation = total / pairs
-            self.change_sum[idx] = total
-        else:
-            fluctuation = np.zeros_like(change)
-        self.uncertainty[idx] = selection.combine_uncertainty(fluctuation, proba, self.lam)
-        self.hardness[idx] = selection.hardness(loss, flip)
-        self.last[idx] = proba
-        self.flip[idx] = flip
-        self.seen[idx] = seen + 1
+            # The new change replaces the oldest in the ring: its slot is the count of
+            # changes recorded so far (seen − 1) modulo the ring length.
+            rows = (np.maximum(seen - 1, 0) % slots) * self.n_samples + inst
+            quantised = np.rint(change * _CHANGE_SCALE).astype(np.uint16)
+            self.change_sum[inst] += quantised.astype(np.int32) - self.changes[rows]
+            self.changes[rows] = quantised
+        self.last[inst] = proba
+        self.seen[inst] = seen + 1
+
+    def _refresh_metrics(self, inst: np.ndarray, loss: np.ndarray) -> None:
+        pairs = np.minimum(np.maximum(self.seen[inst] - 1, 1), max(self.history_size - 1, 1))
+        fluctuation = self.change_sum[inst] * np.float32(1.0 / _CHANGE_SCALE) / pairs[:, None]
+        self._uncertainty[inst] = selection.combine_uncertainty(
+            fluctuation.astype(np.float32), self.last[inst], self.lam
+        )
+        self._hardness[inst] = selection.hardness(loss, self.flip[inst])

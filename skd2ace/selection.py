@@ -149,8 +149,12 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
     >>> label_weights(np.array([[0.0, 1.0], [0.0, 0.0]])).round(4)
     array([1.    , 1.6487])
     """
-    m = np.asarray(metric, dtype=np.float64)
-    return np.exp(a * m.mean(axis=0) + b * m.std(axis=0))
+    m = _floats(metric)
+    mean = m.mean(axis=0, dtype=np.float64)
+    # One pass for both moments, accumulated in float64 (float32 input stays float32
+    # in memory: no N×q float64 copy).
+    var = np.maximum(np.einsum("ij,ij->j", m, m, dtype=np.float64) / m.shape[0] - mean**2, 0)
+    return np.exp(a * mean + b * np.sqrt(var))
 
 
 def local_label_context(Y, neighbors: np.ndarray) -> np.ndarray:
@@ -191,8 +195,9 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     """Row-normalised cosine similarity of the masked metric columns (METHOD.md §4.2–3).
 
     ``M̃ = M ⊙ Y``; ``C_jk = ⟨M̃_·j, M̃_·k⟩ / ((‖M̃_·j‖ + ε)(‖M̃_·k‖ + ε))``; each row
-    is then divided by its sum plus ``ε``. Only the positive entries of ``Y`` are
-    touched (sparse products), so the cost is ``Σ_i nnz(Y_i)²``, not ``N·q²``.
+    is then divided by its sum plus ``ε``. For large problems only the positive
+    entries of ``Y`` are touched (sparse products, cost ``Σ_i nnz(Y_i)²`` instead of
+    ``N·q²``); small ones use a dense product.
 
     Returns
     -------
@@ -206,9 +211,10 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     array([[0.519, 0.481],
            [0.481, 0.519]])
     """
-    masked = _masked(metric, Y)
-    gram = np.asarray((masked.T @ masked).toarray(), dtype=np.float64)
-    norms = np.sqrt(np.clip(np.diag(gram), 0.0, None)) + eps
+    masked = _masked(_floats(metric), Y)
+    gram = masked.T @ masked
+    gram = np.asarray(gram.toarray() if sp.issparse(gram) else gram, dtype=np.float64)
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0)) + eps
     corr = gram / norms[:, None] / norms[None, :]
     return corr / (corr.sum(axis=1, keepdims=True) + eps)
 
@@ -246,16 +252,15 @@ def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: 
     >>> instance_scores(M, Y, Y, np.ones(2), C).round(4)
     array([2.    , 1.2037])
     """
-    m = np.asarray(metric, dtype=np.float64)
-    v = np.asarray(weights, dtype=np.float64)
+    m = _floats(metric)
+    v = np.asarray(weights, dtype=m.dtype)
     base = m @ v
-    weighted = _masked(m * v, Y)
-    boost = np.asarray(weighted @ np.asarray(correlation, dtype=np.float64))
+    boost = _masked(m * v, Y) @ np.asarray(correlation, dtype=m.dtype)
     if sp.issparse(Z):
         extra = np.asarray(Z.multiply(boost).sum(axis=1)).ravel()
     else:
-        extra = np.einsum("ij,ij->i", np.asarray(Z, dtype=np.float64), boost)
-    return base + extra
+        extra = np.einsum("ij,ij->i", boost, np.asarray(Z), dtype=m.dtype, casting="unsafe")
+    return (base + extra).astype(np.float64)
 
 
 def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
@@ -288,7 +293,7 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
     a_hat = (a - low) / (high - low) if high > low else np.zeros(n)
     # The tolerance keeps ranks that lie exactly on a quantisation boundary from
     # flipping under floating-point rounding (e.g. after an affine rescaling).
-    kappa = np.clip(np.ceil(n * (1.0 - a_hat) - 1e-9), 1, n)
+    kappa = np.minimum(np.maximum(np.ceil(n * (1.0 - a_hat) - 1e-9), 1), n)
     logits = -(kappa / n) * math.log(pressure)
     p = np.exp(logits - logits.max())
     return p / p.sum()
@@ -495,13 +500,26 @@ def _dense_labels(Y) -> np.ndarray:
     return (np.asarray(Y) != 0).astype(np.int8)
 
 
-def _masked(metric, Y) -> sp.csr_matrix:
-    """``metric ⊙ Y`` as a CSR matrix built from the positive entries of ``Y``."""
-    m = np.asarray(metric)
+# Up to this many N·q² multiply-adds the dense masked products are cheaper than
+# building sparse matrices (yeast, emotions, enron, cal500 stay dense).
+_DENSE_WORK = 2**24
+
+
+def _masked(m: np.ndarray, Y):
+    """``m ⊙ Y``: a dense array for small problems, else a CSR matrix built from the
+    positive entries of ``Y`` only."""
+    n, q = m.shape
+    if n * q * q <= _DENSE_WORK:
+        labels = Y.toarray() if sp.issparse(Y) else np.asarray(Y)
+        return m * (labels != 0)
     if sp.issparse(Y):
-        coo = sp.coo_matrix(Y)
+        Y = sp.csr_matrix(Y)
+        if Y.has_canonical_format and Y.data.all():
+            rows = np.repeat(np.arange(n), np.diff(Y.indptr))
+            return sp.csr_matrix((m[rows, Y.indices], Y.indices, Y.indptr), shape=(n, q))
+        coo = Y.tocoo()
         keep = coo.data != 0
         rows, cols = coo.row[keep], coo.col[keep]
     else:
         rows, cols = np.nonzero(np.asarray(Y))
-    return sp.csr_matrix((m[rows, cols].astype(np.float64), (rows, cols)), shape=m.shape)
+    return sp.csr_matrix((m[rows, cols], (rows, cols)), shape=(n, q))

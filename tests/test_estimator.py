@@ -107,16 +107,16 @@ def test_sparse_input_matches_dense():
 
 def test_same_seed_bit_identical_and_global_state_untouched():
     X, Y = small_problem()
-    np.random.seed(123)
+    np.random.seed(123)  # noqa: NPY002 (the legacy global state is what must stay untouched)
     torch.manual_seed(123)
-    np_state = np.random.get_state()[1].copy()
+    np_state = np.random.get_state()[1].copy()  # noqa: NPY002
     torch_state = torch.get_rng_state().clone()
     a = D2ACEMultiLabelClassifier(**FAST, dropout=0.2, random_state=7).fit(X, Y)
     b = D2ACEMultiLabelClassifier(**FAST, dropout=0.2, random_state=7).fit(X, Y)
     c = D2ACEMultiLabelClassifier(**FAST, dropout=0.2, random_state=8).fit(X, Y)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     assert not np.array_equal(a.predict_proba(X), c.predict_proba(X))
-    np.testing.assert_array_equal(np.random.get_state()[1], np_state)
+    np.testing.assert_array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 

@@ -1,0 +1,297 @@
+"""The ``skd2ace`` command line.
+
+``skd2ace`` (or ``skd2ace run``) is the main job: it trains D2ACE and random batch
+selection on the built-in synthetic multi-label data under the reference protocol and
+prints a comparison table. ``skd2ace benchmark`` is the same run with the full protocol's
+defaults (100 epochs) and any data sets, strategies, folds and seeds. Both write
+``results.md``, ``results.csv``, ``results.json``, ``comparison.md`` and PNG plots into
+``--out`` (default ``./skd2ace-out``).
+
+Examples
+--------
+.. code-block:: console
+
+    $ skd2ace                                   # the main job (about a minute)
+    $ SKD2ACE_DATA=/data/mulan skd2ace benchmark --datasets emotions yeast --seeds 0 1 2
+    $ python -m skd2ace benchmark --datasets emotions --folds 2 --epochs 5 --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BENCHMARK_DEFAULTS", "RUN_DEFAULTS", "build_parser", "main"]
+
+#: Defaults of ``skd2ace run`` (the main job): small, about a minute on two cores.
+RUN_DEFAULTS: dict[str, Any] = {
+    "datasets": ["synthetic"],
+    "strategies": ["d2ace", "random"],
+    "folds": 5,
+    "epochs": 30,
+    "seeds": [0],
+}
+
+#: Defaults of ``skd2ace benchmark``: the reference protocol (METHOD.md §10).
+BENCHMARK_DEFAULTS: dict[str, Any] = {
+    "datasets": ["synthetic"],
+    "strategies": ["d2ace", "random"],
+    "folds": 5,
+    "epochs": 100,
+    "seeds": [0],
+}
+
+_SUBCOMMANDS = ("run", "benchmark")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Raw descriptions; "(default: ...)" added to options with a meaningful default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in text
+            and action.option_strings
+            and not any(default is v for v in (None, True, False, argparse.SUPPRESS))
+            and default != []
+        ):
+            if isinstance(default, list):
+                text += " (default: " + " ".join(map(str, default)) + ")"
+            else:
+                text += " (default: %(default)s)"
+        return text
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _n_jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("must not be 0 (-1: all cores)")
+    return value
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def _add_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    from .benchmark import DATASET_NAMES, STRATEGIES
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--datasets", nargs="+", metavar="NAME", choices=DATASET_NAMES,
+        default=defaults["datasets"],
+        help="data sets: 'synthetic' (built in) or MULAN names read from --data-home "
+        f"(choices: {', '.join(DATASET_NAMES)})",
+    )
+    data.add_argument(
+        "--data-home", metavar="DIR", default=None,
+        help="folder of the MULAN files (NAME/NAME.arff, NAME/NAME.xml); "
+        "default: $SKD2ACE_DATA, else ~/skd2ace_data",
+    )
+    data.add_argument(
+        "--no-preprocess", dest="preprocess", action="store_false",
+        help="skip the reference preprocessing (dropping labels with <= --min-positives "
+        "positives, then rows without a label)",
+    )
+    data.add_argument("--min-positives", type=_int_at_least(0), default=20, metavar="N",
+                      help="labels with at most N positives are dropped")
+
+    proto = parser.add_argument_group("protocol")
+    proto.add_argument(
+        "--strategies", nargs="+", metavar="NAME", choices=STRATEGIES,
+        default=defaults["strategies"],
+        help=f"batch-selection strategies (choices: {', '.join(STRATEGIES)}); "
+        "compared against 'random', else the first one",
+    )
+    proto.add_argument("--folds", type=_int_at_least(2), default=defaults["folds"], metavar="K",
+                       help="folds of the multi-label iterative stratification")
+    proto.add_argument("--seeds", nargs="+", type=_int_at_least(0), default=defaults["seeds"],
+                       metavar="S", help="one repeat of the cross-validation per seed")
+    proto.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
+                       help="share of each training fold held out to pick the best epoch")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--epochs", type=_int_at_least(1), default=defaults["epochs"],
+                       metavar="T", help="training epochs")
+    model.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="B",
+                       help="mini-batch size")
+    model.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
+    model.add_argument("--hidden", nargs="+", type=_int_at_least(1), default=[256],
+                       metavar="H", help="hidden layer sizes of the MLP")
+    model.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
+    model.add_argument(
+        "--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+        help="any other estimator parameter, e.g. --param selection_pressure=4 "
+        "(repeatable; VALUE read as a Python literal)",
+    )
+
+    run = parser.add_argument_group("execution and output")
+    run.add_argument("--n-jobs", type=_n_jobs, default=1, metavar="N",
+                     help="parallel fold jobs (joblib; -1: all cores); each job runs torch "
+                     "single-threaded when N > 1")
+    run.add_argument("--out", type=Path, default=Path("skd2ace-out"), metavar="DIR",
+                     help="output folder")
+    run.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="print the estimator's per-epoch table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``skd2ace`` (subcommands ``run`` and ``benchmark``)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="skd2ace",
+        description="D2ACE multi-label batch selection: train and compare batch-selection "
+        "strategies under the reference protocol (5-fold multi-label iterative "
+        "stratification, 10% validation for the best epoch, min-max scaling, "
+        "threshold 0.5).\n\nWithout a subcommand, 'run' is used: 'skd2ace' alone "
+        "is the main job.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{run,benchmark}")
+    run = sub.add_parser(
+        "run",
+        help="the main job: D2ACE vs random on the built-in synthetic data (small defaults)",
+        description="The main job: D2ACE and random batch selection on the built-in "
+        "synthetic multi-label data (sklearn make_multilabel_classification, fixed seed), "
+        "5 folds, 30 epochs; prints a comparison table and writes the reports. Same "
+        "options as 'benchmark', with smaller defaults.",
+        formatter_class=_Formatter,
+    )
+    _add_options(run, RUN_DEFAULTS)
+    bench = sub.add_parser(
+        "benchmark",
+        help="batch-selection strategies on data sets under the reference protocol",
+        description="Run batch-selection strategies on one or more data sets under the "
+        "reference protocol and write results.md, results.csv, results.json, "
+        "comparison.md and plots into --out.",
+        formatter_class=_Formatter,
+    )
+    _add_options(bench, BENCHMARK_DEFAULTS)
+    return parser
+
+
+def _progress(n_done: int, n_total: int, r: dict[str, Any]) -> None:
+    auc = r["metrics"]["macro_auc"]
+    auc_s = f"{auc:.4f}" if auc == auc else "n/a"
+    width = len(str(n_total))
+    print(
+        f"[{n_done:>{width}}/{n_total}] {r['dataset']:<10} {r['strategy']:<7} "
+        f"fold {r['fold']} seed {r['seed']}  macro-AUC {auc_s}  "
+        f"best epoch {r['best_epoch']:>3}/{r['n_epochs']}  {r['fit_time_s']:.1f} s",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Examples
+    --------
+    >>> main(["--version"])  # doctest: +SKIP
+    skd2ace 0.1.0
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(argv)
+    if not argv or argv[0] not in (*_SUBCOMMANDS, "-h", "--help", "--version"):
+        argv = ["run", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from .benchmark import BenchmarkConfig, console_table, run_benchmark, write_reports
+    from .datasets import MulanDataNotFoundError
+
+    estimator_params = dict(args.param)
+    try:
+        from ._classifier import D2ACEMultiLabelClassifier
+
+        known = D2ACEMultiLabelClassifier().get_params()
+        unknown = sorted(set(estimator_params) - set(known))
+        if unknown:
+            raise ValueError(f"unknown estimator parameter(s) {unknown} in --param")
+        config = BenchmarkConfig(
+            datasets=args.datasets,
+            strategies=args.strategies,
+            n_folds=args.folds,
+            seeds=args.seeds,
+            max_epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            hidden_layer_sizes=args.hidden,
+            validation_fraction=args.validation_fraction,
+            device=args.device,
+            preprocess=args.preprocess,
+            min_positives=args.min_positives,
+            data_home=args.data_home,
+            n_jobs=args.n_jobs,
+            verbose=int(args.verbose),
+            estimator_params=estimator_params,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    n_jobs_total = len(config.datasets) * len(config.strategies) * config.n_folds * len(
+        config.seeds
+    )
+    print(
+        f"skd2ace {args.command}: {', '.join(config.datasets)} | strategies "
+        f"{', '.join(config.strategies)} | {config.n_folds} folds × seeds "
+        f"{list(config.seeds)} | {config.max_epochs} epochs | {n_jobs_total} fold jobs, "
+        f"n_jobs={config.n_jobs}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    try:
+        result = run_benchmark(config, progress=_progress)
+    except MulanDataNotFoundError as exc:
+        print(f"skd2ace: error: {exc}", file=sys.stderr)
+        return 1
+    written = write_reports(result, args.out, argv=["skd2ace", *given], plots=args.plots)
+    print()
+    print(console_table(result))
+    elapsed = time.perf_counter() - start
+    print(f"Done in {elapsed:.1f} s. Outputs in {args.out.resolve()}:")
+    for name in written:
+        print(f"  {name}")
+    return 0
