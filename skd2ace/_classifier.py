@@ -117,6 +117,11 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         Torch device of the network ('cpu', 'cuda', 'cuda:1', ...).
     num_workers : int, default=0
         DataLoader worker processes for training batches.
+    warm_start : bool, default=False
+        True makes ``fit`` on a fitted estimator continue training (network,
+        selection state and schedules) for another ``max_epochs`` epochs, and keeps
+        the selection state after ``fit`` (otherwise freed). See also
+        :meth:`partial_fit`.
     callbacks : list of skorch callbacks, default=None
         Added to the network's callbacks (e.g. ``skorch.callbacks.ProgressBar()``).
     random_state : int, RandomState instance or None, default=None
@@ -183,6 +188,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         threshold=0.5,
         device="cpu",
         num_workers=0,
+        warm_start=False,
         callbacks=None,
         random_state=None,
         verbose=0,
@@ -215,6 +221,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         self.threshold = threshold
         self.device = device
         self.num_workers = num_workers
+        self.warm_start = warm_start
         self.callbacks = callbacks
         self.random_state = random_state
         self.verbose = verbose
@@ -233,6 +240,11 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
     def fit(self, X, y):
         """Train a fresh network on ``X`` and the label matrix ``y``.
 
+        With ``warm_start=True`` and a fitted estimator, training continues instead:
+        the same network, validation split and recorded selection state, for another
+        ``max_epochs`` epochs, with the schedules going on where they stopped (``X``
+        and ``y`` must be the data of the first fit).
+
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
@@ -245,8 +257,44 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         self
         """
         settings = self._check_params()
-        X, Y = self._check_data(X, y)
-        self._train(X, Y, settings)
+        if self.warm_start and self._can_continue():
+            X, Y = self._check_data(X, y, reset=False)
+        else:
+            X, Y = self._check_data(X, y)
+            self._initialize(X, Y, settings)
+        self._run(X, Y, self.max_epochs)
+        if not self.warm_start:
+            # The O(N·q) selection state is only needed to continue training.
+            self.net_.batch_sampler.release()
+        return self
+
+    def partial_fit(self, X, y, classes=None):
+        """Train one more epoch, continuing the network and the selection state.
+
+        The first call initialises like :meth:`fit` (validation split, label
+        context) and trains one epoch; each later call trains one more, with the
+        D2ACE schedules (warm-up, pressure, mixture) continuing epoch by epoch. D2ACE
+        keeps statistics per training instance, so every call must pass the same
+        data as the first.
+
+        Parameters
+        ----------
+        X, y :
+            As for :meth:`fit`.
+        classes : ignored
+            For scikit-learn API compatibility; labels are read from ``y``.
+
+        Returns
+        -------
+        self
+        """
+        settings = self._check_params()
+        if self._can_continue():
+            X, Y = self._check_data(X, y, reset=False)
+        else:
+            X, Y = self._check_data(X, y)
+            self._initialize(X, Y, settings)
+        self._run(X, Y, 1)
         return self
 
     def predict_proba(self, X):
@@ -355,11 +403,16 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             "module": module,
         }
 
-    def _check_data(self, X, y):
+    def _check_data(self, X, y, reset: bool = True):
+        """Validate ``X`` and ``y``; encode ``y`` as an int8 (N, q) indicator matrix.
+
+        ``reset=False`` (continued training) checks them against the first fit.
+        """
         X, Y = validate_data(
             self,
             X,
             y,
+            reset=reset,
             accept_sparse="csr",
             dtype=(np.float32, np.float64),
             multi_output=True,
@@ -371,16 +424,16 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             raise ValueError(
                 f"Only binary classification is supported. The type of the target is {target}."
             )
-        if sp.issparse(Y):
-            Y = Y.toarray()
-        Y = np.asarray(Y)
-        self._binary_1d = Y.ndim == 1
-        self._y_dtype = Y.dtype
-        if self._binary_1d:
-            self.classes_ = np.unique(Y)
-            Y = (Y == self.classes_[-1]).astype(np.int8).reshape(-1, 1)
-            if self.classes_.size == 1:
-                Y[:] = 0
+        Y = np.asarray(Y.toarray() if sp.issparse(Y) else Y)
+        binary_1d, y_dtype = Y.ndim == 1, Y.dtype
+        if not reset and binary_1d != self._binary_1d:
+            raise ValueError("y must have the same number of dimensions as in the first fit")
+        if binary_1d:
+            classes = np.unique(Y) if reset else self.classes_
+            if not np.isin(Y, classes).all():
+                raise ValueError(f"y has classes outside those of the first fit {classes}")
+            encoded = (Y == classes[-1]) & (classes.size > 1)
+            Y, labels = encoded.astype(np.int8).reshape(-1, 1), classes
         else:
             values = np.unique(Y)
             if not np.isin(values, (0, 1)).all():
@@ -388,15 +441,21 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                     "y must be a binary indicator matrix with values 0 and 1 (one column "
                     f"per label); got values {values[:10].tolist()}"
                 )
+            labels = [np.array([0, 1], dtype=Y.dtype) for _ in range(Y.shape[1])]
             Y = Y.astype(np.int8)
-            self.classes_ = [np.array([0, 1], dtype=self._y_dtype) for _ in range(Y.shape[1])]
-        self.n_labels_ = Y.shape[1]
+        if reset:
+            self._binary_1d, self._y_dtype = binary_1d, y_dtype
+            self.classes_, self.n_labels_ = labels, Y.shape[1]
+        elif Y.shape[1] != self.n_labels_:
+            raise ValueError(f"y has {Y.shape[1]} labels, the first fit had {self.n_labels_}")
         return X, Y
 
-    def _train(self, X, Y, settings) -> None:
+    def _initialize(self, X, Y, settings) -> None:
+        """Build the validation split, the batch sampler and an untrained net."""
         rng = check_random_state(self.random_state)
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
+        self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
         X_train, Y_train = X[train_idx], Y[train_idx]
         sampler = D2ACEBatchSampler(
             Y_train,
@@ -441,12 +500,33 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             batch_sampler=sampler,
             **{f"module__{key}": value for key, value in module_kwargs.items()},
         )
-        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(torch_seed))
-            net.fit(X_train, Y_train.astype(np.float32))
-        sampler.release()
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            torch.manual_seed(self._torch_seed)
+            net.initialize()
         self.net_ = net
+
+    def _run(self, X, Y, epochs: int) -> None:
+        """Train ``epochs`` more epochs on the training part of ``X``."""
+        if X.shape[0] != self._fit_rows:
+            raise ValueError(
+                f"continuing training needs the data of the first fit ({self._fit_rows} rows; "
+                f"D2ACE keeps statistics per training instance), got {X.shape[0]} rows"
+            )
+        net = self.net_
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            # Continuations draw fresh, reproducible torch randomness per epoch count.
+            torch.manual_seed(self._torch_seed + len(net.history))
+            net.partial_fit(
+                X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
+            )
+
+    def _can_continue(self) -> bool:
+        sampler = getattr(getattr(self, "net_", None), "batch_sampler", None)
+        return sampler is not None and sampler.labels is not None
+
+    def _rng_devices(self) -> list:
+        device = torch.device(self.device)
+        return [device] if device.type == "cuda" else []
 
     def _split(self, n_samples: int, seed: int):
         fraction = self.validation_fraction or 0.0
