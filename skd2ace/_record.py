@@ -114,6 +114,8 @@ class TrainingRecord:
             Elementwise loss of the same pass.
         """
         idx = np.asarray(idx, dtype=np.intp)
+        if idx.size == 0:
+            return
         self._queue.append(
             (idx, np.asarray(proba, dtype=np.float32), np.asarray(loss, dtype=np.float32))
         )

@@ -40,8 +40,9 @@ class D2ACEBatchSampler(Sampler):
         ``T`` of the schedules.
     strategy : {'d2ace', 'random'}, default='d2ace'
         'random' shuffles uniformly every epoch and records nothing.
-    warmup_epochs, ramp_end : int
-        ``e_w`` and ``e_m`` (METHOD.md §6–7).
+    warmup_epochs, ramp_end : int or None
+        ``e_w`` and ``e_m`` (METHOD.md §6–7); None gives ``round(0.1·T)`` and
+        ``round(0.7·T)``.
     neighbors : ndarray of shape (N, k) or None
         Nearest other instances of each instance, for the local label context.
     label_context : {'local', 'global', 'none'}, default='local'
@@ -83,7 +84,7 @@ class D2ACEBatchSampler(Sampler):
         batch_size: int,
         max_epochs: int,
         strategy: str = "d2ace",
-        warmup_epochs: int = 0,
+        warmup_epochs: int | None = None,
         ramp_end: int | None = None,
         neighbors: np.ndarray | None = None,
         label_context: str = "local",
@@ -109,8 +110,11 @@ class D2ACEBatchSampler(Sampler):
         self.batch_size = int(batch_size)
         self.max_epochs = int(max_epochs)
         self.strategy = strategy
-        self.warmup_epochs = int(warmup_epochs)
-        self.ramp_end = self.max_epochs if ramp_end is None else int(ramp_end)
+        # Defaults of METHOD.md §9: 10% and 70% of the epochs.
+        self.warmup_epochs = (
+            round(0.1 * max_epochs) if warmup_epochs is None else int(warmup_epochs)
+        )
+        self.ramp_end = round(0.7 * max_epochs) if ramp_end is None else int(ramp_end)
         self.label_context = label_context
         self.dynamic_weights = dynamic_weights
         self.weight_mean, self.weight_std = weight_mean, weight_std

@@ -5,9 +5,9 @@ IJCAI-ECAI 2026) exactly as specified in ``METHOD.md``; the batch sampler of
 :class:`skd2ace.D2ACEMultiLabelClassifier` only records training statistics and
 calls these functions once per epoch. Researchers can call them directly.
 
-Element-wise functions keep float32 inputs in float32 (the batch sampler's
-fast path, within 1e-6 of float64 for these formulas' ranges) and compute
-everything else in float64.
+float32 metrics stay float32 (the batch sampler's fast path: no N×q float64
+copies; reductions accumulate in float64, scores agree with float64 inputs to
+about 1e-6 relative); everything else is computed in float64.
 
 Conventions: ``N`` instances, ``q`` labels, ``W`` predictions kept per
 instance and label. Label matrices ``Y`` are binary indicators, dense arrays or
@@ -202,7 +202,8 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     Returns
     -------
     C : ndarray of shape (q, q)
-        Rows sum to 1 (up to ``ε``) or are all zero.
+        Rows sum to 1, or less where the masked metric is tiny (the ``ε`` of the
+        denominators then dominates), or are all zero.
 
     Examples
     --------
@@ -290,7 +291,8 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
         )
         return np.full(n, 1.0 / n)
     low, high = a.min(), a.max()
-    a_hat = (a - low) / (high - low) if high > low else np.zeros(n)
+    # Halved first: high − low may overflow float64 even when both are finite.
+    a_hat = (a / 2 - low / 2) / (high / 2 - low / 2) if high > low else np.zeros(n)
     # The tolerance keeps ranks that lie exactly on a quantisation boundary from
     # flipping under floating-point rounding (e.g. after an affine rescaling).
     kappa = np.minimum(np.maximum(np.ceil(n * (1.0 - a_hat) - 1e-9), 1), n)
@@ -375,7 +377,8 @@ def d2ace_distribution(
     uncertainty_metric, hardness_metric : ndarray (N, q)
         ``E`` and ``H``.
     Y, Z : array-like or sparse (N, q)
-        Labels and label context (all ones for a global context).
+        Labels and label context (all ones for a global context; unused, may be
+        None, when ``correlation=False``).
     pressure, mixture : float
         ``s_e`` and ``β_e``.
     a, b : float
@@ -413,8 +416,11 @@ def d2ace_distribution(
         info[f"label_weights_{name}"] = v
         if share == 0.0:
             continue
-        corr = label_correlation(metric, Y) if correlation else np.zeros((q, q))
-        pools.append(share * rank_probabilities(instance_scores(metric, Y, Z, v, corr), pressure))
+        if correlation:
+            scores = instance_scores(metric, Y, Z, v, label_correlation(metric, Y))
+        else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
+            scores = _floats(metric) @ v.astype(_floats(metric).dtype)
+        pools.append(share * rank_probabilities(scores, pressure))
     P = np.sum(pools, axis=0)
     P /= P.sum()
     info["ess"] = effective_sample_size(P)

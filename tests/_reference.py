@@ -99,7 +99,8 @@ def knn(X, k: int) -> np.ndarray:
         dist = []
         for m in range(n):
             if m != i:
-                dist.append((math.sqrt(sum((X[i, f] - X[m, f]) ** 2 for f in range(X.shape[1]))), m))
+                squared = sum((X[i, f] - X[m, f]) ** 2 for f in range(X.shape[1]))
+                dist.append((math.sqrt(squared), m))
         dist.sort()
         out[i] = [m for _, m in dist[:k]]
     return out
@@ -269,8 +270,9 @@ class Recorder:
 
     def __init__(self, n_samples: int, n_labels: int, history_size: int = 5, alpha=0.7):
         self.n, self.q, self.w, self.alpha = n_samples, n_labels, history_size, alpha
-        self.windows = [[deque(maxlen=history_size) for _ in range(n_labels)] for _ in
-                        range(n_samples)]
+        self.windows = [
+            [deque(maxlen=history_size) for _ in range(n_labels)] for _ in range(n_samples)
+        ]
         self.flip = np.zeros((n_samples, n_labels))
         self.loss = np.full((n_samples, n_labels), math.log(2.0))
 

@@ -1,0 +1,89 @@
+"""Shared helpers of the benchmark scripts: data, timing, a plain torch baseline."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import make_multilabel_classification
+from sklearn.preprocessing import MinMaxScaler
+
+from skd2ace import D2ACEMultiLabelClassifier
+from skd2ace.modules import MLP
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("SKD2ACE_DATA", ROOT.parent / "shared" / "data" / "mulan"))
+
+
+def load(name: str):
+    """``(X, Y)``: a MULAN dataset by name, or ``synthetic-N-q`` (make_multilabel_classification)."""
+    if name.startswith("synthetic"):
+        _, n, q = name.split("-")
+        X, Y = make_multilabel_classification(
+            n_samples=int(n), n_features=20, n_classes=int(q), n_labels=2, random_state=0
+        )
+        return MinMaxScaler().fit_transform(X).astype(np.float32), Y.astype(np.int8)
+    from skd2ace.datasets import fetch_mulan
+
+    data = fetch_mulan(name, data_home=data_home())
+    X = data.X.toarray() if hasattr(data.X, "toarray") else data.X
+    return MinMaxScaler().fit_transform(X).astype(np.float32), data.Y
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values)
+
+
+def estimator(strategy: str, epochs: int, warmup: int | None = None, **kwargs):
+    return D2ACEMultiLabelClassifier(
+        max_epochs=epochs,
+        warmup_epochs=warmup,
+        batch_selection=strategy,
+        validation_fraction=None,
+        random_state=0,
+        **kwargs,
+    )
+
+
+def plain_torch_fit(X: np.ndarray, Y: np.ndarray, epochs: int, batch_size: int = 128) -> None:
+    """The same MLP, optimizer, loss, batch size and epochs as the estimator's
+    defaults, in a hand-written torch loop with uniform shuffling."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32))
+    model = MLP(X.shape[1], Y.shape[1])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(Xt), generator=gen).split(batch_size):
+            optimizer.zero_grad()
+            criterion(model(Xt[idx]), Yt[idx]).backward()
+            optimizer.step()
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` (dicts) with ``columns``."""
+
+    def fmt(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Fit time of D2ACE against random batch selection and a plain torch loop.
+
+Usage::
+
+    python benchmarks/bench_overhead.py                      # yeast (30 epochs) + plain torch
+    python benchmarks/bench_overhead.py --cases yeast delicious synthetic-100000-100 \\
+        synthetic-1000000-20 --repeats 3
+
+Every number is a median over ``--repeats`` fits in this process, after one warm-up fit
+(the first torch optimizer in a process costs a one-off import). Ratios compare runs of
+the same process: ``d2ace / random`` is the selection overhead, ``random / torch`` the
+framework's (skorch) overhead over a hand-written loop. Large cases train few epochs
+(``max_epochs=5, warmup_epochs=2``: selection is active in 3 of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+
+from _common import estimator, load, median, plain_torch_fit, table, timed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["yeast"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None, help="default: 30, 5 when N > 20000")
+    args = parser.parse_args()
+    rows = []
+    for case in args.cases:
+        X, Y = load(case)
+        big = X.shape[0] > 20000
+        epochs = args.epochs or (5 if big else 30)
+        warmup = 2 if big else None
+        repeats = 1 if X.shape[0] >= 500000 else args.repeats
+
+        def fit(strategy):
+            return lambda: estimator(strategy, epochs, warmup).fit(X, Y)
+
+        fit("random")()  # warm-up fit: one-off imports and allocator growth
+        times = {"random": [], "d2ace": []}
+        for _ in range(repeats):  # interleaved, so that drifts of a shared machine hit both
+            for strategy in times:
+                times[strategy] += timed(fit(strategy), 1)
+        row = {
+            "case": case,
+            "N": X.shape[0],
+            "q": Y.shape[1],
+            "epochs": epochs,
+            "random s": median(times["random"]),
+            "d2ace s": median(times["d2ace"]),
+        }
+        row["d2ace/random"] = row["d2ace s"] / row["random s"]
+        if not big:
+            torch_times = timed(lambda: plain_torch_fit(X, Y, epochs), repeats)
+            row["torch s"] = median(torch_times)
+            row["d2ace/torch"] = row["d2ace s"] / row["torch s"]
+            row["random/torch"] = row["random s"] / row["torch s"]
+        rows.append(row)
+        print(table([row], list(row)), flush=True)
+    columns = ["case", "N", "q", "epochs", "torch s", "random s", "d2ace s"]
+    columns += ["d2ace/random", "d2ace/torch", "random/torch"]
+    print("\n## Fit time, medians over repeats\n")
+    print(table(rows, columns))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak resident memory of this process: {peak:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Tests of the training record (METHOD.md §1–§2) and the D2ACE batch sampler (§6–§8).
+
+The record is fed random batch sequences in parallel with the loop reference
+``tests/_reference.py`` (per-instance windows, flip EMA, latest loss); its metrics
+must match ``selection.uncertainty`` / ``selection.hardness`` of the reference state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import _reference as ref
+import numpy as np
+import pytest
+import torch
+
+from skd2ace import selection
+from skd2ace._record import TrainingRecord
+from skd2ace.sampler import D2ACEBatchSampler
+
+TOL = 1e-3  # the record quantises |Δp| and works in float32
+MAX_ERRORS: dict[str, float] = {}
+
+
+def make_record(n, q, w, **kwargs) -> TrainingRecord:
+    params = inspect.signature(TrainingRecord).parameters
+    return TrainingRecord(n, q, w, **{k: v for k, v in kwargs.items() if k in params})
+
+
+def random_proba(rng, b, q, previous=None):
+    """Probabilities with saturated values, mid-range ones and exact repeats."""
+    p = rng.random((b, q))
+    p[rng.random((b, q)) < 0.05] = 1.0
+    p[rng.random((b, q)) < 0.05] = 0.0
+    if previous is not None:
+        same = rng.random((b, q)) < 0.1
+        p[same] = previous[same]
+    return p
+
+
+def feed(record, reference, rng, n_active, batch, q, min_updates, checkpoint_prob, lam):
+    """Feed random batches until each active instance has ``min_updates`` predictions.
+
+    Compares the record to the reference at random checkpoints (each one flushes
+    whatever the record has queued) and at the end; returns the max errors.
+    """
+    counts = np.zeros(n_active, dtype=int)
+    err_e = err_h = 0.0
+    checks = 0
+    while counts.min() < min_updates:
+        idx = rng.choice(n_active, size=batch, replace=False)
+        proba = random_proba(rng, batch, q)
+        loss = rng.exponential(size=(batch, q)) * (rng.random((batch, q)) < 0.9)
+        dtype = [np.float32, np.float64][int(rng.integers(2))]
+        record.update(idx, proba.astype(dtype), loss.astype(dtype))
+        reference.update(idx, proba.astype(dtype), loss.astype(dtype))
+        counts[idx] += 1
+        if rng.random() < checkpoint_prob or counts.min() >= min_updates:
+            e, h = compare(record, reference, lam)
+            err_e, err_h = max(err_e, e), max(err_h, h)
+            checks += 1
+    assert checks >= 2
+    return err_e, err_h
+
+
+def compare(record, reference, lam):
+    want_e = selection.uncertainty(reference.history(), lam)
+    want_h = selection.hardness(reference.loss, reference.flip)
+    got_e, got_h = record.uncertainty, record.hardness
+    assert got_e.shape == want_e.shape and got_h.shape == want_h.shape
+    err_e = float(np.max(np.abs(got_e - want_e)))
+    err_h = float(np.max(np.abs(got_h - want_h)))
+    assert err_e <= TOL, f"uncertainty off by {err_e}"
+    assert err_h <= TOL, f"hardness off by {err_h}"
+    # the loop reference agrees with the functional core on the same state
+    np.testing.assert_allclose(reference.uncertainty(lam), want_e, atol=1e-9)
+    return err_e, err_h
+
+
+@pytest.mark.parametrize("w", [2, 3, 5])
+@pytest.mark.parametrize("flush_every", [None, 7])
+def test_record_matches_reference(w, flush_every):
+    rng = np.random.default_rng(100 + w)
+    n, q, batch, never = 14, 3, 5, 2
+    kwargs = {} if flush_every is None else {"flush_every": flush_every}
+    record = make_record(n, q, w, **kwargs)
+    reference = ref.Recorder(n, q, w, alpha=0.7)
+    err_e, err_h = feed(record, reference, rng, n - never, batch, q, 200, 0.02, 0.5)
+    MAX_ERRORS[f"W={w} flush_every={flush_every}"] = max(err_e, err_h)
+    print(
+        f"record vs reference, W={w}, flush_every={flush_every}: "
+        f"max |ΔE| = {err_e:.3g}, max |ΔH| = {err_h:.3g}"
+    )
+    # the never-seen instances kept the uninformed values
+    np.testing.assert_array_equal(record.uncertainty[n - never :], 0.5)
+    np.testing.assert_array_equal(record.hardness[n - never :], 0.5)
+
+
+def test_record_no_drift_long_run():
+    # ~2500 predictions per instance: the running sums of the window must not drift.
+    rng = np.random.default_rng(7)
+    n, q, w = 4, 2, 5
+    record = make_record(n, q, w)
+    reference = ref.Recorder(n, q, w)
+    err_e, err_h = feed(record, reference, rng, n, 2, q, 2500, 0.01, 0.5)
+    MAX_ERRORS["long run W=5"] = max(err_e, err_h)
+    print(f"long run (2500 updates per instance): max |ΔE| = {err_e:.3g}, max |ΔH| = {err_h:.3g}")
+
+
+@pytest.mark.parametrize(("alpha", "lam"), [(0.3, 0.2), (1.0, 1.0), (0.7, 0.0)])
+def test_record_parameters(alpha, lam):
+    rng = np.random.default_rng(3)
+    n, q, w = 8, 2, 3
+    record = TrainingRecord(n, q, history_size=w, flip_decay=alpha, lam=lam)
+    reference = ref.Recorder(n, q, w, alpha=alpha)
+    # a never-seen instance under λ: E = (1 − λ)·H2(.5) = 1 − λ
+    np.testing.assert_allclose(record.uncertainty, 1.0 - lam, atol=1e-7)
+    feed(record, reference, rng, n - 1, 3, q, 30, 0.2, lam)
+    np.testing.assert_allclose(record.uncertainty[n - 1], 1.0 - lam, atol=1e-7)
+
+
+def test_record_hand():
+    # W = 3, one label, α = .7, λ = .5; instance 0 predicted .5, .7, .6, .2:
+    record = TrainingRecord(2, 1, history_size=3)
+    for p, loss in ((0.5, 0.1), (0.7, 0.2), (0.6, math.log(2.0)), (0.2, math.log(4.0))):
+        record.update(np.array([0]), np.array([[p]]), np.array([[loss]]))
+    # window [.7, .6, .2]: fluctuation (.1 + .4)/2 = .25 → E = .125 + .5·H2(.2) = .125 + .360964
+    assert math.isclose(record.uncertainty[0, 0], 0.125 + 0.5 * 0.7219280948873623, abs_tol=1e-4)
+    # f: .7·.2 = .14 → .7·.1 + .3·.14 = .112 → .7·.4 + .3·.112 = .3136
+    # H = (1 − e^−ln4)(1 − .3136) = .75·.6864 = .5148
+    assert math.isclose(record.hardness[0, 0], 0.75 * (1 - 0.3136), abs_tol=1e-4)
+    # instance 1 never seen: E = 1 − λ = .5, H = .5
+    assert record.uncertainty[1, 0] == 0.5 and record.hardness[1, 0] == 0.5
+
+
+def test_record_never_seen_and_first_prediction():
+    record = TrainingRecord(5, 3, lam=0.5)
+    np.testing.assert_array_equal(record.uncertainty, 0.5)  # E = 1 − λ
+    np.testing.assert_array_equal(record.hardness, 0.5)  # H = (1 − e^−ln2)(1 − 0)
+    record.update([1], np.array([[0.5, 0.1, 0.9]]), np.array([[0.0, 1.0, 2.0]]))
+    # one prediction: no fluctuation, f stays 0 → E = .5·H2(p), H = 1 − e^−ℓ
+    np.testing.assert_allclose(
+        record.uncertainty[1], [0.5, 0.5 * 0.4689956, 0.5 * 0.4689956], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        record.hardness[1], [0.0, 1 - math.exp(-1), 1 - math.exp(-2)], atol=1e-6
+    )
+    others = [0, 2, 3, 4]
+    np.testing.assert_array_equal(record.uncertainty[others], 0.5)
+    np.testing.assert_array_equal(record.hardness[others], 0.5)
+
+
+def test_record_empty_batch():
+    record = TrainingRecord(3, 2)
+    record.update(np.array([], dtype=np.intp), np.empty((0, 2)), np.empty((0, 2)))
+    np.testing.assert_array_equal(record.uncertainty, 0.5)
+
+
+def test_record_nbytes():
+    n, q = 200, 7
+    record = TrainingRecord(n, q, history_size=5)
+    ratio = record.nbytes / (n * q)
+    print(f"record.nbytes / (N·q) at W = 5: {ratio:.3f}")
+    assert ratio <= 32
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = rng.choice(n, 16, replace=False)
+        record.update(idx, rng.random((16, q)), rng.random((16, q)))
+    record.uncertainty  # the state does not grow with training
+    assert record.nbytes / (n * q) == ratio
+
+
+# =========================================================================== sampler
+def problem(n=60, q=5, seed=0):
+    rng = np.random.default_rng(seed)
+    Y = (rng.random((n, q)) < 0.3).astype(np.int8)
+    Y[0] = 0
+    X = rng.random((n, 3))
+    return Y, ref.knn(X, 4)
+
+
+def run_epoch(sampler, rng, q):
+    batches = [np.asarray(b) for b in sampler]
+    for b in batches:
+        sampler.record(b, random_proba(rng, len(b), q), rng.exponential(size=(len(b), q)))
+    return batches
+
+
+@pytest.mark.parametrize(("n", "b"), [(60, 8), (64, 8), (5, 8), (1, 1), (10, 3)])
+def test_sampler_len(n, b):
+    Y = np.ones((n, 2), dtype=int)
+    sampler = D2ACEBatchSampler(Y, batch_size=b, max_epochs=3, warmup_epochs=1, random_state=0)
+    assert len(sampler) == math.ceil(n / b)
+    for _ in range(3):
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+
+
+@pytest.mark.parametrize("label_context", ["local", "global", "none"])
+def test_sampler_epochs(label_context):
+    n, q, b, T, ew, em = 60, 5, 8, 12, 3, 9
+    Y, nbrs = problem(n, q)
+    sampler = D2ACEBatchSampler(
+        Y,
+        batch_size=b,
+        max_epochs=T,
+        warmup_epochs=ew,
+        ramp_end=em,
+        neighbors=nbrs,
+        label_context=label_context,
+        random_state=0,
+    )
+    rng = np.random.default_rng(1)
+    Z = {"local": ref.local_label_context(Y, nbrs), "global": np.ones((n, q)), "none": Y}
+    keys = {
+        "selection_pressure",
+        "mixture_weight",
+        "selection_ess",
+        "label_weights_uncertainty",
+        "label_weights_hardness",
+    }
+    for e in range(T):
+        E = sampler.record_.uncertainty.astype(np.float64)
+        H = sampler.record_.hardness.astype(np.float64)
+        batches = run_epoch(sampler, rng, q)
+        info = sampler.epoch_info_
+        assert sampler.epoch == e + 1
+        assert keys <= set(info)
+        s = selection.selection_pressure(e, T, ew)
+        beta = selection.mixture_weight(e, ew, em)
+        assert info["selection_pressure"] == s
+        assert info["mixture_weight"] == beta
+        assert len(batches) == len(sampler) == math.ceil(n / b)
+        assert [len(x) for x in batches] == [b] * (len(batches) - 1) + [n - (len(batches) - 1) * b]
+        for x in batches:
+            assert len(np.unique(x)) == len(x) and x.min() >= 0 and x.max() < n
+        # the label weights of the distribution's inputs (recorded up to epoch e − 1)
+        np.testing.assert_allclose(
+            info["label_weights_uncertainty"], ref.label_weights(E), rtol=1e-6
+        )
+        np.testing.assert_allclose(info["label_weights_hardness"], ref.label_weights(H), rtol=1e-6)
+        if e < ew:
+            np.testing.assert_array_equal(np.sort(np.concatenate(batches)), np.arange(n))
+            assert info["selection_ess"] == 1.0
+        else:
+            _, want = ref.d2ace_distribution(
+                E, H, Y, Z[label_context], s, beta, correlation=label_context != "none"
+            )
+            assert math.isclose(info["selection_ess"], want["ess"], abs_tol=1e-6)
+            if s > 1.0:
+                assert info["selection_ess"] < 1.0
+
+
+def test_sampler_reproducible():
+    Y, nbrs = problem()
+
+    def epochs(seed):
+        sampler = D2ACEBatchSampler(
+            Y, batch_size=8, max_epochs=6, warmup_epochs=2, neighbors=nbrs, random_state=seed
+        )
+        rng = np.random.default_rng(5)
+        return [run_epoch(sampler, rng, Y.shape[1]) for _ in range(6)]
+
+    a, b, c = epochs(0), epochs(0), epochs(1)
+    flat = [np.concatenate(e) for e in a]
+    assert all(
+        np.array_equal(x, y) for x, y in zip(flat, [np.concatenate(e) for e in b], strict=True)
+    )
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(flat, [np.concatenate(e) for e in c], strict=True)
+    )
+    # the global numpy state plays no part
+    np.random.seed(0)  # noqa: NPY002
+    d = epochs(0)
+    assert all(
+        np.array_equal(np.concatenate(x), np.concatenate(y)) for x, y in zip(a, d, strict=True)
+    )
+
+
+def test_sampler_random_strategy():
+    Y, _ = problem()
+    n = Y.shape[0]
+    sampler = D2ACEBatchSampler(Y, batch_size=7, max_epochs=5, strategy="random", random_state=0)
+    assert sampler.record_ is None
+    rng = np.random.default_rng(0)
+    orders = []
+    for _ in range(5):
+        batches = run_epoch(sampler, rng, Y.shape[1])  # recording is a no-op
+        assert len(batches) == len(sampler) == math.ceil(n / 7)
+        order = np.concatenate(batches)
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+        orders.append(order)
+        assert sampler.record_ is None
+        assert sampler.epoch_info_["selection_ess"] == 1.0
+    assert len({tuple(o) for o in orders}) == 5  # reshuffled every epoch
+
+
+def test_sampler_record_accepts_torch():
+    Y, _ = problem(n=20, q=3)
+    a = D2ACEBatchSampler(Y, batch_size=5, max_epochs=2, random_state=0)
+    b = D2ACEBatchSampler(Y, batch_size=5, max_epochs=2, random_state=0)
+    rng = np.random.default_rng(0)
+    for batch in a.plan_epoch():
+        proba, loss = rng.random((len(batch), 3)), rng.random((len(batch), 3))
+        a.record(batch, proba, loss)
+        b.record(
+            torch.as_tensor(batch),
+            torch.as_tensor(proba, dtype=torch.float32),
+            torch.as_tensor(loss, dtype=torch.float32),
+        )
+    np.testing.assert_allclose(a.record_.uncertainty, b.record_.uncertainty, atol=1e-6)
+    np.testing.assert_allclose(a.record_.hardness, b.record_.hardness, atol=1e-6)
+
+
+def test_sampler_invalid_options():
+    Y, _ = problem(n=10)
+    with pytest.raises(ValueError, match="strategy"):
+        D2ACEBatchSampler(Y, batch_size=4, max_epochs=2, strategy="bogus")
+    with pytest.raises(ValueError, match="label_context"):
+        D2ACEBatchSampler(Y, batch_size=4, max_epochs=2, label_context="bogus")
+
+
+def test_sampler_release():
+    Y, nbrs = problem()
+    sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=3, neighbors=nbrs, random_state=0)
+    run_epoch(sampler, np.random.default_rng(0), Y.shape[1])
+    assert sampler.record_ is not None
+    sampler.release()
+    assert sampler.record_ is None
+    assert getattr(sampler, "context_", None) is None
+    sampler.record(np.arange(3), np.zeros((3, Y.shape[1])), np.zeros((3, Y.shape[1])))
