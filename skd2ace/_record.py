@@ -25,8 +25,8 @@ class TrainingRecord:
     cheap); queued batches are applied in order, vectorised over many batches at
     once, when the metrics are read, when :meth:`flush` is called, or when the
     queue holds ``flush_every`` elements. An instance that occurs several times in
-    the queue is applied once per occurrence, in training order, so the result is
-    exactly that of recording batch by batch.
+    the queue gets each occurrence in training order (changes, flip EMA, ring), so
+    the result is that of recording batch by batch.
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
     ``E = 1 − λ`` and ``H = 0.5``.
@@ -132,39 +132,48 @@ class TrainingRecord:
         loss = np.concatenate([item[2] for item in self._queue])
         self._queue, self._queued = [], 0
 
-        # Occurrence rank of each queued row among the rows of the same instance:
-        # round r applies every instance's r-th occurrence, all distinct instances.
+        # Rows grouped by instance, each group in training order: every occurrence's
+        # predecessor is the previous row of its group (or the stored newest
+        # prediction for the first), so the whole queue is applied in one pass.
         order = np.argsort(idx, kind="stable")
-        ranked = idx[order]
-        starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
-        sizes = np.diff(np.r_[starts, ranked.size])
-        rank = np.arange(ranked.size) - np.repeat(starts, sizes)
-        for r in range(int(sizes.max())):
-            rows = order[rank == r]
-            self._apply(idx[rows], proba[rows])
+        inst = idx[order]
+        proba = proba[order]
+        starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
+        sizes = np.diff(np.r_[starts, inst.size])
+        group_size = np.repeat(sizes, sizes)
+        touched = inst[starts]
+        rank = np.arange(inst.size) - np.repeat(starts, sizes)
+        before = self.seen[inst] + rank  # predictions recorded before this one
 
-        touched = ranked[starts]
-        newest = order[starts + sizes - 1]
-        self._refresh_metrics(touched, loss[newest])
+        previous = np.empty_like(proba)
+        previous[1:] = proba[:-1]
+        previous[starts] = self.last[touched]
+        change = np.abs(proba - previous)
+        change[before == 0] = 0.0
 
-    def _apply(self, inst: np.ndarray, proba: np.ndarray) -> None:
-        """One prediction for each of the distinct instances ``inst``."""
-        seen = self.seen[inst]
-        change = np.abs(proba - self.last[inst])
-        change[seen == 0] = 0.0
-        flip = self.flip[inst]
-        flip += self.flip_decay * (change - flip)
-        self.flip[inst] = flip
+        # Flip EMA after n updates: (1−α)^n f0 + Σ_k α (1−α)^(n−k) c_k.
+        keep = np.float32(1.0 - self.flip_decay)
+        decay = keep ** (group_size - 1 - rank).astype(np.float32)
+        weighted = change * (np.float32(self.flip_decay) * decay)[:, None]
+        flip = self.flip[touched] * (keep ** sizes.astype(np.float32))[:, None]
+        self.flip[touched] = flip + np.add.reduceat(weighted, starts, axis=0)
+
         slots = self.history_size - 1
         if slots > 0:
-            # The new change replaces the oldest in the ring: its slot is the count of
-            # changes recorded so far (seen − 1) modulo the ring length.
-            rows = (np.maximum(seen - 1, 0) % slots) * self.n_samples + inst
-            quantised = np.rint(change * _CHANGE_SCALE).astype(np.uint16)
-            self.change_sum[inst] += quantised.astype(np.int32) - self.changes[rows]
-            self.changes[rows] = quantised
-        self.last[inst] = proba
-        self.seen[inst] = seen + 1
+            # Only each instance's newest `slots` changes survive in the ring; their
+            # slots, (changes so far) mod (ring length), are distinct.
+            write = (rank >= group_size - slots) & (before >= 1)
+            rows = ((before[write] - 1) % slots) * self.n_samples + inst[write]
+            self.changes[rows] = np.rint(change[write] * _CHANGE_SCALE).astype(np.uint16)
+            total = np.zeros((touched.size, self.n_labels), dtype=np.int32)
+            for slot in range(slots):  # W − 1 vectorised gathers
+                total += self.changes[slot * self.n_samples + touched]
+            self.change_sum[touched] = total
+
+        newest = starts + sizes - 1
+        self.last[touched] = proba[newest]
+        self.seen[touched] += sizes.astype(np.int32)
+        self._refresh_metrics(touched, loss[order[newest]])
 
     def _refresh_metrics(self, inst: np.ndarray, loss: np.ndarray) -> None:
         pairs = np.minimum(np.maximum(self.seen[inst] - 1, 1), max(self.history_size - 1, 1))
