@@ -23,7 +23,7 @@ def data_home() -> Path:
 
 
 def load(name: str):
-    """``(X, Y)``: a MULAN dataset by name, or ``synthetic-N-q`` (make_multilabel_classification)."""
+    """``(X, Y)``: a MULAN dataset, or ``synthetic-N-q`` (make_multilabel_classification)."""
     if name.startswith("synthetic"):
         _, n, q = name.split("-")
         X, Y = make_multilabel_classification(

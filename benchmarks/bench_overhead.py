@@ -21,6 +21,37 @@ import resource
 from _common import estimator, load, median, plain_torch_fit, table, timed
 
 
+def measure(case: str, repeats: int, epochs: int | None) -> dict:
+    X, Y = load(case)
+    big = X.shape[0] > 20000
+    epochs = epochs or (5 if big else 30)
+    warmup = 2 if big else None
+    repeats = 1 if X.shape[0] >= 500000 else repeats
+
+    def fit(strategy):
+        return lambda: estimator(strategy, epochs, warmup).fit(X, Y)
+
+    fit("random")()  # warm-up fit: one-off imports and allocator growth
+    times = {"random": [], "d2ace": []}
+    for _ in range(repeats):  # interleaved, so that drifts of a shared machine hit both
+        for strategy in times:
+            times[strategy] += timed(fit(strategy), 1)
+    row = {
+        "case": case,
+        "N": X.shape[0],
+        "q": Y.shape[1],
+        "epochs": epochs,
+        "random s": median(times["random"]),
+        "d2ace s": median(times["d2ace"]),
+    }
+    row["d2ace/random"] = row["d2ace s"] / row["random s"]
+    if not big:
+        row["torch s"] = median(timed(lambda: plain_torch_fit(X, Y, epochs), repeats))
+        row["d2ace/torch"] = row["d2ace s"] / row["torch s"]
+        row["random/torch"] = row["random s"] / row["torch s"]
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["yeast"])
@@ -29,36 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for case in args.cases:
-        X, Y = load(case)
-        big = X.shape[0] > 20000
-        epochs = args.epochs or (5 if big else 30)
-        warmup = 2 if big else None
-        repeats = 1 if X.shape[0] >= 500000 else args.repeats
-
-        def fit(strategy):
-            return lambda: estimator(strategy, epochs, warmup).fit(X, Y)
-
-        fit("random")()  # warm-up fit: one-off imports and allocator growth
-        times = {"random": [], "d2ace": []}
-        for _ in range(repeats):  # interleaved, so that drifts of a shared machine hit both
-            for strategy in times:
-                times[strategy] += timed(fit(strategy), 1)
-        row = {
-            "case": case,
-            "N": X.shape[0],
-            "q": Y.shape[1],
-            "epochs": epochs,
-            "random s": median(times["random"]),
-            "d2ace s": median(times["d2ace"]),
-        }
-        row["d2ace/random"] = row["d2ace s"] / row["random s"]
-        if not big:
-            torch_times = timed(lambda: plain_torch_fit(X, Y, epochs), repeats)
-            row["torch s"] = median(torch_times)
-            row["d2ace/torch"] = row["d2ace s"] / row["torch s"]
-            row["random/torch"] = row["random s"] / row["torch s"]
-        rows.append(row)
-        print(table([row], list(row)), flush=True)
+        rows.append(measure(case, args.repeats, args.epochs))
+        print(table(rows[-1:], list(rows[-1])), flush=True)
     columns = ["case", "N", "q", "epochs", "torch s", "random s", "d2ace s"]
     columns += ["d2ace/random", "d2ace/torch", "random/torch"]
     print("\n## Fit time, medians over repeats\n")

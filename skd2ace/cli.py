@@ -33,7 +33,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "datasets": ["synthetic"],
     "strategies": ["d2ace", "random"],
     "folds": 5,
-    "epochs": 30,
+    "epochs": 80,
     "seeds": [0],
 }
 
@@ -117,62 +117,124 @@ def _add_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
 
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--datasets", nargs="+", metavar="NAME", choices=DATASET_NAMES,
+        "--datasets",
+        nargs="+",
+        metavar="NAME",
+        choices=DATASET_NAMES,
         default=defaults["datasets"],
         help="data sets: 'synthetic' (built in) or MULAN names read from --data-home "
         f"(choices: {', '.join(DATASET_NAMES)})",
     )
     data.add_argument(
-        "--data-home", metavar="DIR", default=None,
+        "--data-home",
+        metavar="DIR",
+        default=None,
         help="folder of the MULAN files (NAME/NAME.arff, NAME/NAME.xml); "
         "default: $SKD2ACE_DATA, else ~/skd2ace_data",
     )
     data.add_argument(
-        "--no-preprocess", dest="preprocess", action="store_false",
+        "--no-preprocess",
+        dest="preprocess",
+        action="store_false",
         help="skip the reference preprocessing (dropping labels with <= --min-positives "
         "positives, then rows without a label)",
     )
-    data.add_argument("--min-positives", type=_int_at_least(0), default=20, metavar="N",
-                      help="labels with at most N positives are dropped")
+    data.add_argument(
+        "--min-positives",
+        type=_int_at_least(0),
+        default=20,
+        metavar="N",
+        help="labels with at most N positives are dropped",
+    )
 
     proto = parser.add_argument_group("protocol")
     proto.add_argument(
-        "--strategies", nargs="+", metavar="NAME", choices=STRATEGIES,
+        "--strategies",
+        nargs="+",
+        metavar="NAME",
+        choices=STRATEGIES,
         default=defaults["strategies"],
         help=f"batch-selection strategies (choices: {', '.join(STRATEGIES)}); "
         "compared against 'random', else the first one",
     )
-    proto.add_argument("--folds", type=_int_at_least(2), default=defaults["folds"], metavar="K",
-                       help="folds of the multi-label iterative stratification")
-    proto.add_argument("--seeds", nargs="+", type=_int_at_least(0), default=defaults["seeds"],
-                       metavar="S", help="one repeat of the cross-validation per seed")
-    proto.add_argument("--validation-fraction", type=float, default=0.1, metavar="F",
-                       help="share of each training fold held out to pick the best epoch")
+    proto.add_argument(
+        "--folds",
+        type=_int_at_least(2),
+        default=defaults["folds"],
+        metavar="K",
+        help="folds of the multi-label iterative stratification",
+    )
+    proto.add_argument(
+        "--seeds",
+        nargs="+",
+        type=_int_at_least(0),
+        default=defaults["seeds"],
+        metavar="S",
+        help="one repeat of the cross-validation per seed",
+    )
+    proto.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        metavar="F",
+        help="share of each training fold held out to pick the best epoch",
+    )
 
     model = parser.add_argument_group("model")
-    model.add_argument("--epochs", type=_int_at_least(1), default=defaults["epochs"],
-                       metavar="T", help="training epochs")
-    model.add_argument("--batch-size", type=_int_at_least(1), default=128, metavar="B",
-                       help="mini-batch size")
+    model.add_argument(
+        "--epochs",
+        type=_int_at_least(1),
+        default=defaults["epochs"],
+        metavar="T",
+        help="training epochs",
+    )
+    model.add_argument(
+        "--batch-size", type=_int_at_least(1), default=128, metavar="B", help="mini-batch size"
+    )
     model.add_argument("--lr", type=_positive_float, default=1e-3, help="learning rate")
-    model.add_argument("--hidden", nargs="+", type=_int_at_least(1), default=[256],
-                       metavar="H", help="hidden layer sizes of the MLP")
+    model.add_argument(
+        "--hidden",
+        nargs="+",
+        type=_int_at_least(1),
+        default=[256],
+        metavar="H",
+        help="hidden layer sizes of the MLP",
+    )
     model.add_argument("--device", default="cpu", help="torch device (cpu, cuda, ...)")
     model.add_argument(
-        "--param", action="append", type=_param, default=[], metavar="KEY=VALUE",
+        "--param",
+        action="append",
+        type=_param,
+        default=[],
+        metavar="KEY=VALUE",
         help="any other estimator parameter, e.g. --param selection_pressure=4 "
         "(repeatable; VALUE read as a Python literal)",
     )
 
     run = parser.add_argument_group("execution and output")
-    run.add_argument("--n-jobs", type=_n_jobs, default=1, metavar="N",
-                     help="parallel fold jobs (joblib; -1: all cores); each job runs torch "
-                     "single-threaded when N > 1")
-    run.add_argument("--out", type=Path, default=Path("skd2ace-out"), metavar="DIR",
-                     help="output folder")
+    run.add_argument(
+        "--n-jobs",
+        type=_n_jobs,
+        default=1,
+        metavar="N",
+        help="parallel fold jobs (joblib; -1: all cores); each job runs torch "
+        "single-threaded when N > 1",
+    )
+    run.add_argument(
+        "--torch-threads",
+        type=_int_at_least(0),
+        default=1,
+        metavar="N",
+        help="torch threads per job when --n-jobs is 1 (0: torch's default); "
+        "the small default MLPs run fastest on one",
+    )
+    run.add_argument(
+        "--out", type=Path, default=Path("skd2ace-out"), metavar="DIR", help="output folder"
+    )
     run.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
-    run.add_argument("-v", "--verbose", action="store_true",
-                     help="print the estimator's per-epoch table")
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="print the estimator's per-epoch table"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: D2ACE vs random on the built-in synthetic data (small defaults)",
         description="The main job: D2ACE and random batch selection on the built-in "
         "synthetic multi-label data (sklearn make_multilabel_classification, fixed seed), "
-        "5 folds, 30 epochs; prints a comparison table and writes the reports. Same "
+        "5 folds, 80 epochs; prints a comparison table and writes the reports. Same "
         "options as 'benchmark', with smaller defaults.",
         formatter_class=_Formatter,
     )
@@ -265,14 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_positives=args.min_positives,
             data_home=args.data_home,
             n_jobs=args.n_jobs,
+            torch_threads=args.torch_threads or None,
             verbose=int(args.verbose),
             estimator_params=estimator_params,
         )
     except ValueError as exc:
         parser.error(str(exc))
 
-    n_jobs_total = len(config.datasets) * len(config.strategies) * config.n_folds * len(
-        config.seeds
+    n_jobs_total = (
+        len(config.datasets) * len(config.strategies) * config.n_folds * len(config.seeds)
     )
     print(
         f"skd2ace {args.command}: {', '.join(config.datasets)} | strategies "

@@ -107,8 +107,13 @@ def plot_valid_auc(result: BenchmarkResult, dataset: str, path: str | os.PathLik
         if mat.size == 0 or np.isnan(mat).all():
             continue
         x, mean, std = _mean_band(mat)
-        (line,) = ax.plot(x, mean, marker="o" if x.size <= 30 else None, ms=3,
-                          label=f"{strategy} (n={mat.shape[0]})")
+        (line,) = ax.plot(
+            x,
+            mean,
+            marker="o" if x.size <= 30 else None,
+            ms=3,
+            label=f"{strategy} (n={mat.shape[0]})",
+        )
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation macro-AUC")
@@ -128,7 +133,7 @@ def plot_schedule(result: BenchmarkResult, dataset: str, path: str | os.PathLike
     panels = (
         ("selection_pressure", "selection pressure s(e)"),
         ("mixture_weight", "mixture weight β(e)"),
-        ("selection_ess", "effective sample size (ESS)"),
+        ("selection_ess", "effective sample size / N"),
     )
     for ax, (key, title) in zip(axes, panels, strict=True):
         for strategy, folds in _by_strategy(result, dataset).items():
@@ -136,8 +141,7 @@ def plot_schedule(result: BenchmarkResult, dataset: str, path: str | os.PathLike
             if mat.size == 0 or np.isnan(mat).all():
                 continue
             x, mean, std = _mean_band(mat)
-            (line,) = ax.plot(x, mean, label=strategy,
-                              ls="--" if strategy == "random" else "-")
+            (line,) = ax.plot(x, mean, label=strategy, ls="--" if strategy == "random" else "-")
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -177,8 +181,7 @@ def plot_label_weights(
             ax.set_xlabel("epoch")
             ax.set_ylabel("label")
             if mat is None:
-                ax.text(0.5, 0.5, "not recorded", ha="center", va="center",
-                        transform=ax.transAxes)
+                ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
                 continue
             image = ax.imshow(
                 mat.T,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ __all__ = [
 #: Parameters of :func:`sklearn.datasets.make_multilabel_classification` for the built-in
 #: ``"synthetic"`` data set (fixed seed: the same data on every machine).
 SYNTHETIC_PARAMS: dict[str, Any] = {
-    "n_samples": 4000,
+    "n_samples": 6000,
     "n_features": 100,
     "n_classes": 20,
     "n_labels": 3,
@@ -93,6 +94,11 @@ class BenchmarkConfig:
     n_jobs : int, default=1
         Parallel fold jobs (joblib; -1 uses every core). With more than one, every job
         runs torch single-threaded.
+    torch_threads : int or None, default=1
+        Torch intra-op threads of a job when ``n_jobs == 1`` (restored afterwards); None
+        leaves torch's setting. One thread is the default because the default MLPs are
+        too small to gain from more, and torch's thread pool slows down by an order of
+        magnitude when other processes compete for the cores.
     verbose : int, default=0
         The estimator's ``verbose`` (1: one line per epoch).
     estimator_params : dict, default={}
@@ -114,6 +120,7 @@ class BenchmarkConfig:
     min_positives: int = 20
     data_home: str | None = None
     n_jobs: int = 1
+    torch_threads: int | None = 1
     verbose: int = 0
     estimator_params: dict[str, Any] = field(default_factory=dict)
 
@@ -122,8 +129,11 @@ class BenchmarkConfig:
         self.strategies = tuple(self.strategies)
         self.seeds = tuple(int(seed) for seed in self.seeds)
         self.hidden_layer_sizes = tuple(int(h) for h in self.hidden_layer_sizes)
-        for name, values in (("datasets", self.datasets), ("strategies", self.strategies),
-                             ("seeds", self.seeds)):
+        for name, values in (
+            ("datasets", self.datasets),
+            ("strategies", self.strategies),
+            ("seeds", self.seeds),
+        ):
             if not values:
                 raise ValueError(f"{name} must not be empty.")
             if len(set(values)) != len(values):
@@ -142,6 +152,8 @@ class BenchmarkConfig:
             raise ValueError(f"max_epochs must be >= 1, got {self.max_epochs}.")
         if self.n_jobs == 0:
             raise ValueError("n_jobs must not be 0.")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-friendly values."""
@@ -337,6 +349,22 @@ def make_model(
     return make_pipeline(scaler, D2ACEMultiLabelClassifier(**params))
 
 
+@contextmanager
+def _torch_threads(n_threads: int | None):
+    """Run torch with ``n_threads`` intra-op threads (None: unchanged), then restore."""
+    import torch
+
+    if n_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _history(net) -> dict[str, list]:
     """Per-epoch values of :data:`HISTORY_KEYS` (None where an epoch lacks a key)."""
     rows = list(net.history)
@@ -386,7 +414,7 @@ def run_fold(
         ``fold_random_state(seed, fold)``.
     config : BenchmarkConfig
     single_thread : bool, default=False
-        Run torch on one thread (parallel jobs).
+        Run torch on one thread (parallel jobs); else on ``config.torch_threads``.
     return_proba : bool, default=False
         Add the test probabilities (``"proba"``) and rows (``"test_index"``).
 
@@ -399,18 +427,15 @@ def run_fold(
         validation macro-AUC: the weights kept) and ``history`` (lists per epoch of
         :data:`HISTORY_KEYS`).
     """
-    if single_thread:
-        import torch
-
-        torch.set_num_threads(1)
     random_state = fold_random_state(seed, fold)
     model = make_model(strategy, random_state, config, sparse=sp.issparse(X))
-    start = time.perf_counter()
-    model.fit(X[train], Y[train])
-    fit_time = time.perf_counter() - start
-    start = time.perf_counter()
-    proba = model.predict_proba(X[test])
-    predict_time = time.perf_counter() - start
+    with _torch_threads(1 if single_thread else config.torch_threads):
+        start = time.perf_counter()
+        model.fit(X[train], Y[train])
+        fit_time = time.perf_counter() - start
+        start = time.perf_counter()
+        proba = model.predict_proba(X[test])
+        predict_time = time.perf_counter() - start
     scores = evaluate(Y[test], proba, threshold=config.threshold)
     history = _history(model[-1].net_)
     auc = np.array([np.nan if v is None else v for v in history["valid_macro_auc"]], float)
@@ -510,7 +535,10 @@ def run_benchmark(
                         )
                     )
     folds = []
-    runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
+    try:  # results in completion order (joblib >= 1.4), else in submission order
+        runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
+    except ValueError:
+        runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator")
     for result in runner(jobs):
         folds.append(result)
         if progress is not None:

@@ -101,8 +101,9 @@ def summarize(result: BenchmarkResult) -> dict[str, dict[str, dict[str, dict[str
         for strategy in result.config.strategies:
             summary[dataset][strategy] = {}
             for metric in REPORTED_METRICS:
-                values = np.array(list(fold_values(result.folds, dataset, strategy, metric)
-                                        .values()), dtype=float)
+                values = np.array(
+                    list(fold_values(result.folds, dataset, strategy, metric).values()), dtype=float
+                )
                 values = values[np.isfinite(values)]
                 n = values.size
                 summary[dataset][strategy][metric] = {
@@ -183,16 +184,18 @@ def results_markdown(result: BenchmarkResult, summary: dict | None = None) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_results_markdown(result: BenchmarkResult, path: str | os.PathLike,
-                           summary: dict | None = None) -> Path:
+def write_results_markdown(
+    result: BenchmarkResult, path: str | os.PathLike, summary: dict | None = None
+) -> Path:
     """Write :func:`results_markdown` to ``path``."""
     path = Path(path)
     path.write_text(results_markdown(result, summary), encoding="utf-8")
     return path
 
 
-def console_table(result: BenchmarkResult, summary: dict | None = None,
-                  metrics: Sequence[str] = CONSOLE_METRICS) -> str:
+def console_table(
+    result: BenchmarkResult, summary: dict | None = None, metrics: Sequence[str] = CONSOLE_METRICS
+) -> str:
     """A plain-text comparison table per data set (the best mean marked with ``*``)."""
     summary = summarize(result) if summary is None else summary
     strategies = list(result.config.strategies)
@@ -360,8 +363,9 @@ def comparison_markdown(result: BenchmarkResult, comparison: dict | None = None)
     return "\n".join(lines) + "\n"
 
 
-def write_comparison_markdown(result: BenchmarkResult, path: str | os.PathLike,
-                              comparison: dict | None = None) -> Path:
+def write_comparison_markdown(
+    result: BenchmarkResult, path: str | os.PathLike, comparison: dict | None = None
+) -> Path:
     """Write :func:`comparison_markdown` to ``path``."""
     path = Path(path)
     path.write_text(comparison_markdown(result, comparison), encoding="utf-8")
@@ -385,8 +389,16 @@ def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> Path:
         for r in result.folds:
             for metric in REPORTED_METRICS:
                 value = _value(r, metric)
-                writer.writerow([r["dataset"], r["strategy"], r["seed"], r["fold"], metric,
-                                 repr(value) if math.isfinite(value) else ""])
+                writer.writerow(
+                    [
+                        r["dataset"],
+                        r["strategy"],
+                        r["seed"],
+                        r["fold"],
+                        metric,
+                        repr(value) if math.isfinite(value) else "",
+                    ]
+                )
     return path
 
 
@@ -465,8 +477,7 @@ def write_json(
         "metrics": list(REPORTED_METRICS),
         "lower_is_better": sorted(m for m in REPORTED_METRICS if _lower_is_better(m)),
         "folds": [
-            {k: v for k, v in r.items() if k not in ("proba", "test_index")}
-            for r in result.folds
+            {k: v for k, v in r.items() if k not in ("proba", "test_index")} for r in result.folds
         ],
         "summary": summarize(result) if summary is None else summary,
         "comparison": compare_strategies(result) if comparison is None else comparison,
@@ -501,8 +512,9 @@ def write_reports(
     paths = [
         write_results_markdown(result, out_dir / "results.md", summary),
         write_csv(result, out_dir / "results.csv"),
-        write_json(result, out_dir / "results.json", argv=argv, summary=summary,
-                   comparison=comparison),
+        write_json(
+            result, out_dir / "results.json", argv=argv, summary=summary, comparison=comparison
+        ),
         write_comparison_markdown(result, out_dir / "comparison.md", comparison),
     ]
     if plots:

@@ -1,0 +1,352 @@
+"""Tests of skd2ace.benchmark: protocol, paired comparison, reports, plots."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from scipy.stats import wilcoxon
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler
+
+from skd2ace.benchmark import (
+    HISTORY_KEYS,
+    REPORTED_METRICS,
+    SYNTHETIC_PARAMS,
+    BenchmarkConfig,
+    BenchmarkResult,
+    baseline_strategy,
+    compare_strategies,
+    comparison_markdown,
+    console_table,
+    fold_random_state,
+    fold_splits,
+    load_dataset,
+    make_model,
+    paired_comparison,
+    results_markdown,
+    run_benchmark,
+    run_fold,
+    summarize,
+    write_reports,
+)
+from skd2ace.benchmark._plots import epoch_matrix, plot_label_weights
+from skd2ace.metrics import LOWER_IS_BETTER, METRIC_NAMES, evaluate
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path, min_bytes=5_000):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > min_bytes, (path, len(data))
+
+
+# --------------------------------------------------------------------------- fake results
+
+
+def fake_fold(dataset, strategy, seed, fold, value, n_epochs=4, n_labels=3, weights=True):
+    metrics = {m: value for m in METRIC_NAMES}
+    history = {
+        "epoch": list(range(1, n_epochs + 1)),
+        "valid_macro_auc": list(np.linspace(0.5, value, n_epochs)),
+        "selection_pressure": [8.0 if weights else 1.0] * n_epochs,
+        "mixture_weight": [0.5] * n_epochs if weights else [None] * n_epochs,
+        "selection_ess": [0.9] * n_epochs,
+    }
+    for key in ("label_weights_uncertainty", "label_weights_hardness"):
+        history[key] = (
+            [list(np.linspace(1, 2, n_labels) + e) for e in range(n_epochs)]
+            if weights
+            else [None] * n_epochs
+        )
+    return {
+        "dataset": dataset,
+        "strategy": strategy,
+        "seed": seed,
+        "fold": fold,
+        "random_state": fold_random_state(seed, fold),
+        "n_train": 10,
+        "n_test": 5,
+        "metrics": metrics,
+        "fit_time_s": 1.0 if strategy == "random" else 2.0,
+        "predict_time_s": 0.1,
+        "n_epochs": n_epochs,
+        "best_epoch": n_epochs,
+        "history": history,
+    }
+
+
+def fake_result(values, strategies=("d2ace", "random"), seeds=(0,), n_folds=3):
+    """values[strategy] -> list of per-(seed, fold) values, seed-major."""
+    folds = []
+    for s in strategies:
+        k = 0
+        for seed in seeds:
+            for fold in range(n_folds):
+                folds.append(
+                    fake_fold("toy", s, seed, fold, values[s][k], weights=s != "random")
+                )
+                k += 1
+    config = BenchmarkConfig(
+        datasets=["synthetic"], strategies=strategies, seeds=seeds, n_folds=n_folds
+    )
+    config.datasets = ("toy",)  # a made-up data set name, past validation
+    info = {
+        "name": "toy", "n_samples": 15, "n_features": 2, "n_labels": 3, "sparse": False,
+        "n_samples_raw": 15, "n_labels_raw": 3, "preprocessed": True, "min_positives": 20,
+        "label_names": ["a", "b", "c"],
+    }
+    return BenchmarkResult(config=config, datasets={"toy": info}, folds=folds, wall_time_s=1.0)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def test_paired_comparison_wins_losses_and_scipy_p_value():
+    a = [0.80, 0.75, 0.90, 0.60, 0.70, 0.85]
+    b = [0.70, 0.76, 0.80, 0.50, 0.65, 0.80]
+    r = paired_comparison(a, b)
+    assert (r["wins"], r["ties"], r["losses"], r["n"]) == (5, 0, 1, 6)
+    expected = wilcoxon(np.subtract(a, b))
+    assert r["p_value"] == pytest.approx(expected.pvalue)
+    assert r["statistic"] == pytest.approx(expected.statistic)
+    assert r["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    # Lower is better: the same numbers are 1 win and 5 losses; same p-value.
+    low = paired_comparison(a, b, lower_is_better=True)
+    assert (low["wins"], low["ties"], low["losses"]) == (1, 0, 5)
+    assert low["p_value"] == pytest.approx(r["p_value"])
+
+
+def test_paired_comparison_all_ties_and_partial_ties():
+    r = paired_comparison([0.5, 0.7, 0.9], [0.5, 0.7, 0.9])
+    assert (r["wins"], r["ties"], r["losses"]) == (0, 3, 0)
+    assert r["p_value"] == 1.0
+    assert math.isnan(r["statistic"])
+    assert r["mean_diff"] == 0.0
+    # Ties are left out of the test: same p-value as the untied pairs alone.
+    r = paired_comparison([1.0, 2.0, 3.5, 4.0, 6.0], [1.0, 2.0, 3.0, 5.0, 4.0])
+    assert (r["wins"], r["ties"], r["losses"]) == (2, 2, 1)
+    assert r["p_value"] == pytest.approx(wilcoxon([0.5, -1.0, 2.0]).pvalue)
+
+
+def test_paired_comparison_nan_pairs_and_errors():
+    r = paired_comparison([0.9, np.nan, 0.8], [0.7, 0.5, np.nan])
+    assert (r["n"], r["wins"], r["ties"], r["losses"]) == (1, 1, 0, 0)
+    assert 0 < r["p_value"] <= 1
+    empty = paired_comparison([], [])
+    assert empty["n"] == 0 and empty["p_value"] == 1.0 and math.isnan(empty["mean_diff"])
+    with pytest.raises(ValueError, match="one length"):
+        paired_comparison([1.0, 2.0], [1.0])
+
+
+def test_baseline_strategy():
+    assert baseline_strategy(["d2ace", "random"]) == "random"
+    assert baseline_strategy(["d2ace"]) == "d2ace"
+
+
+def test_compare_strategies_pairs_on_seed_and_fold():
+    result = fake_result(
+        {"d2ace": [0.9, 0.8, 0.7, 0.6], "random": [0.8, 0.8, 0.6, 0.7]}, seeds=(0, 1),
+        n_folds=2,
+    )
+    cmp = compare_strategies(result)
+    assert cmp["baseline"] == "random"
+    assert set(cmp["datasets"]["toy"]) == {"d2ace"}
+    stats = cmp["datasets"]["toy"]["d2ace"]
+    assert set(stats) == set(REPORTED_METRICS)
+    assert (stats["macro_auc"]["wins"], stats["macro_auc"]["ties"],
+            stats["macro_auc"]["losses"]) == (2, 1, 1)
+    # ranking_loss is lower-is-better: the same values become 1 win, 2 losses.
+    assert (stats["ranking_loss"]["wins"], stats["ranking_loss"]["losses"]) == (1, 2)
+    assert stats["fit_time_s"]["losses"] == 4  # d2ace is slower in every fake fold
+    text = comparison_markdown(result, cmp)
+    assert "`d2ace` vs `random`" in text and "| macro_auc ↑ | 2 | 1 | 1 |" in text
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def test_summary_markdown_and_console_bold_best():
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    summary = summarize(result)
+    s = summary["toy"]["d2ace"]["macro_auc"]
+    assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1) and s["n"] == 3
+    text = results_markdown(result, summary)
+    lines = {line.split("|")[1].strip(): line for line in text.splitlines()
+             if line.startswith("| ") and "metric" not in line}
+    # Higher-is-better: d2ace (0.8) beats random (0.7); lower-is-better: random wins.
+    assert "**0.8000 ± 0.1000**" in lines["macro_auc ↑"]
+    assert "**0.7000 ± 0.1000**" in lines["ranking_loss ↓"]
+    assert "**1.00 ± 0.00**" in lines["fit_time_s ↓"]  # random's fake fit time
+    assert set(lines) == {f"{m} {'↓' if m in LOWER_IS_BETTER or m == 'fit_time_s' else '↑'}"
+                          for m in REPORTED_METRICS}
+    table = console_table(result, summary)
+    assert "0.8000 ± 0.1000*" in table and "fit_time_s" in table
+
+
+def test_summary_equal_means_both_bold_and_nan():
+    result = fake_result({"d2ace": [0.7, 0.7, 0.7], "random": [0.7, 0.7, 0.7]})
+    for r in result.folds:
+        r["metrics"]["micro_auc"] = float("nan")
+    text = results_markdown(result)
+    row = next(line for line in text.splitlines() if line.startswith("| macro_auc"))
+    assert row.count("**") == 4
+    row = next(line for line in text.splitlines() if line.startswith("| micro_auc"))
+    assert "n/a" in row and "**" not in row
+    assert summarize(result)["toy"]["d2ace"]["micro_auc"]["n"] == 0
+    cmp = compare_strategies(result)
+    assert cmp["datasets"]["toy"]["d2ace"]["macro_auc"]["p_value"] == 1.0
+
+
+def test_one_strategy_has_nothing_to_compare():
+    result = fake_result({"d2ace": [0.7, 0.8, 0.9]}, strategies=("d2ace",))
+    assert compare_strategies(result)["datasets"]["toy"] == {}
+    assert "nothing to compare" in comparison_markdown(result)
+    rows = [line for line in results_markdown(result).splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(REPORTED_METRICS) and not any("**" in r for r in rows)
+
+
+def test_write_reports_from_fake_result(tmp_path):
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    result.folds[0]["metrics"]["micro_auc"] = float("nan")
+    written = write_reports(result, tmp_path / "out", argv=["skd2ace", "x"])
+    assert set(written) == {
+        "results.md", "results.csv", "results.json", "comparison.md",
+        "valid_auc_toy.png", "schedule_toy.png", "label_weights_toy.png",
+    }
+    payload = json.loads((tmp_path / "out" / "results.json").read_text())  # strict JSON
+    assert payload["argv"] == ["skd2ace", "x"]
+    assert payload["folds"][0]["metrics"]["micro_auc"] is None
+    with open(tmp_path / "out" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 3 * len(REPORTED_METRICS)
+    assert next(r for r in rows if r["metric"] == "micro_auc")["value"] == ""
+    for name in ("valid_auc_toy.png", "schedule_toy.png", "label_weights_toy.png"):
+        assert_png(written[name])
+
+
+def test_plots_helpers():
+    folds = [{"history": {"a": [1.0, None]}}, {"history": {"a": [3.0, 4.0, 5.0]}}, {"history": {}}]
+    mat = epoch_matrix(folds, "a")
+    assert mat.shape == (3, 3)
+    np.testing.assert_array_equal(mat[1], [3, 4, 5])
+    assert np.isnan(mat[0, 1:]).all() and np.isnan(mat[2]).all()
+    only_random = fake_result({"random": [0.5, 0.6, 0.7]}, strategies=("random",))
+    assert plot_label_weights(only_random, "toy", "unused.png") is None
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+def test_fold_random_state_and_splits():
+    assert fold_random_state(0, 0) == fold_random_state(0, 0)
+    states = {fold_random_state(s, f) for s in range(3) for f in range(5)}
+    assert len(states) == 15 and all(0 <= v < 2**31 for v in states)
+    Y = np.random.default_rng(1).integers(0, 2, size=(60, 4))
+    splits = fold_splits(Y, 3, seed=0)
+    tests = np.concatenate([test for _, test in splits])
+    np.testing.assert_array_equal(np.sort(tests), np.arange(60))
+    for train, test in splits:
+        assert np.intersect1d(train, test).size == 0 and train.size + test.size == 60
+    again = fold_splits(Y, 3, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again, strict=True))
+    other = fold_splits(Y, 3, seed=1)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(splits, other, strict=True))
+
+
+def test_load_dataset_synthetic_preprocessing():
+    data = load_dataset("synthetic")
+    raw = load_dataset("synthetic", preprocess=False)
+    assert raw.X.shape == (SYNTHETIC_PARAMS["n_samples"], SYNTHETIC_PARAMS["n_features"])
+    assert data.X.shape[0] < raw.X.shape[0]  # rows without labels dropped
+    assert data.Y.any(axis=1).all() and (data.Y.sum(axis=0) > 20).all()
+    assert data.info["n_samples"] == data.X.shape[0] and data.info["preprocessed"]
+    assert len(data.label_names) == data.Y.shape[1]
+    np.testing.assert_array_equal(load_dataset("synthetic").X, data.X)  # fixed seed
+    with pytest.raises(ValueError, match="Unknown data set"):
+        load_dataset("nope")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        BenchmarkConfig(strategies=["nope"])
+    with pytest.raises(ValueError, match="Unknown data set"):
+        BenchmarkConfig(datasets=["nope"])
+    with pytest.raises(ValueError, match="duplicates"):
+        BenchmarkConfig(seeds=[0, 0])
+    with pytest.raises(ValueError, match="n_folds"):
+        BenchmarkConfig(n_folds=1)
+    cfg = BenchmarkConfig(datasets=["Emotions"], hidden_layer_sizes=[8])
+    assert cfg.datasets == ("emotions",) and cfg.to_dict()["hidden_layer_sizes"] == [8]
+
+
+def test_make_model_scalers_and_pairing():
+    cfg = BenchmarkConfig(max_epochs=2, lr=0.01, estimator_params={"selection_pressure": 3.0})
+    dense = make_model("d2ace", 7, cfg)
+    sparse = make_model("random", 7, cfg, sparse=True)
+    assert isinstance(dense[0], MinMaxScaler) and isinstance(sparse[0], MaxAbsScaler)
+    assert dense[-1].random_state == sparse[-1].random_state == 7
+    assert dense[-1].selection_pressure == 3.0 and dense[-1].lr == 0.01
+    assert sparse[-1].batch_selection == "random"
+
+
+def test_run_fold_sparse_input():
+    rng = np.random.default_rng(0)
+    X = sp.random(80, 30, density=0.2, format="csr", random_state=0) * 5
+    Y = (rng.random((80, 3)) < 0.4).astype(np.int8)
+    Y[:3] = 1
+    train, test = np.arange(60), np.arange(60, 80)
+    r = run_fold(X, Y, train, test, dataset="toy", strategy="d2ace", seed=0, fold=0,
+                 config=BenchmarkConfig(max_epochs=2, batch_size=16))
+    assert set(r["metrics"]) == set(METRIC_NAMES)
+    assert r["n_train"] == 60 and r["n_test"] == 20 and r["n_epochs"] == 2
+    assert set(HISTORY_KEYS) <= set(r["history"])
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    config = BenchmarkConfig(n_folds=2, max_epochs=3, seeds=(0,))
+    return run_benchmark(config, return_proba=True)
+
+
+def test_run_benchmark_is_paired_and_scores_agree(small_run):
+    result = small_run
+    assert [(r["strategy"], r["fold"]) for r in result.folds] == [
+        ("d2ace", 0), ("d2ace", 1), ("random", 0), ("random", 1)
+    ]
+    data = load_dataset("synthetic")
+    by_key = {(r["strategy"], r["fold"]): r for r in result.folds}
+    for fold in range(2):
+        d2, rnd = by_key["d2ace", fold], by_key["random", fold]
+        assert d2["random_state"] == rnd["random_state"] == fold_random_state(0, fold)
+        np.testing.assert_array_equal(d2["test_index"], rnd["test_index"])
+    for r in result.folds:
+        assert evaluate(data.Y[r["test_index"]], r["proba"]) == pytest.approx(r["metrics"])
+        assert len(r["history"]["valid_macro_auc"]) == 3
+        auc = r["history"]["valid_macro_auc"]
+        assert r["best_epoch"] == int(np.argmax(auc)) + 1
+    # D2ACE records its schedule and label weights; random selection does not.
+    d2 = by_key["d2ace", 0]["history"]
+    assert len(d2["label_weights_uncertainty"][-1]) == data.Y.shape[1]
+    assert by_key["random", 0]["history"]["label_weights_hardness"][-1] is None
+
+
+def test_refit_of_one_fold_reproduces_its_metrics(small_run):
+    """Rebuild fold 1 of D2ACE from the public helpers: same split, seed, numbers."""
+    data = load_dataset("synthetic")
+    train, test = fold_splits(data.Y, 2, seed=0)[1]
+    recorded = next(r for r in small_run.folds if r["strategy"] == "d2ace" and r["fold"] == 1)
+    np.testing.assert_array_equal(recorded["test_index"], test)
+    model = make_model("d2ace", fold_random_state(0, 1), small_run.config)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the benchmark's default torch_threads
+    try:
+        model.fit(data.X[train], data.Y[train])
+        proba = model.predict_proba(data.X[test])
+    finally:
+        torch.set_num_threads(threads)
+    assert evaluate(data.Y[test], proba) == pytest.approx(recorded["metrics"], rel=1e-6)
