@@ -6,12 +6,15 @@ import inspect
 import math
 import numbers
 import sys
+import warnings
+from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
@@ -114,14 +117,17 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
     threshold : float, default=0.5
         ``predict`` returns ``predict_proba > threshold``.
     device : str, default='cpu'
-        Torch device of the network ('cpu', 'cuda', 'cuda:1', ...).
+        Torch device of the network ('cpu', 'cuda', 'cuda:1', ...). A CUDA device
+        that is not available raises ``ValueError`` at ``fit``. The recorded
+        selection statistics always live in host memory.
     num_workers : int, default=0
         DataLoader worker processes for training batches.
     warm_start : bool, default=False
         True makes ``fit`` on a fitted estimator continue training (network,
         selection state and schedules) for another ``max_epochs`` epochs, and keeps
         the selection state after ``fit`` (otherwise freed). See also
-        :meth:`partial_fit`.
+        :meth:`partial_fit`. Continued training keeps the network and schedules
+        of the first fit: change hyper-parameters only with a fresh ``fit``.
     callbacks : list of skorch callbacks, default=None
         Added to the network's callbacks (e.g. ``skorch.callbacks.ProgressBar()``).
     random_state : int, RandomState instance or None, default=None
@@ -240,10 +246,19 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
     def fit(self, X, y):
         """Train a fresh network on ``X`` and the label matrix ``y``.
 
-        With ``warm_start=True`` and a fitted estimator, training continues instead:
-        the same network, validation split and recorded selection state, for another
-        ``max_epochs`` epochs, with the schedules going on where they stopped (``X``
-        and ``y`` must be the data of the first fit).
+        With ``warm_start=True`` and a fitted (or :meth:`initialize`-d) estimator,
+        training continues instead: the same network, validation split and recorded
+        selection state, for another ``max_epochs`` epochs, with the schedules going
+        on where they stopped (``X`` and ``y`` must be the data of the first fit; a
+        different number of rows raises ``ValueError``). The best validation epoch
+        restored at the end is the best of this call.
+
+        Interrupting training (``KeyboardInterrupt``, e.g. Ctrl-C or a callback
+        raising it) ends it after the current epoch and leaves a usable fitted
+        estimator, with the best validation weights so far restored.
+
+        All hyper-parameters and the data are validated before anything is built
+        or trained: bad values raise ``ValueError`` or ``TypeError`` naming them.
 
         Parameters
         ----------
@@ -257,11 +272,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         self
         """
         settings = self._check_params()
-        if self.warm_start and self._can_continue():
-            X, Y = self._check_data(X, y, reset=False)
+        if self.warm_start and self._is_initialized():
+            X, Y = self._check_continuation(X, y)
         else:
-            X, Y = self._check_data(X, y)
-            self._initialize(X, Y, settings)
+            X, Y = self._start(X, y, settings)
         self._run(X, Y, self.max_epochs)
         if not self.warm_start:
             # The O(N·q) selection state is only needed to continue training.
@@ -275,7 +289,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         context) and trains one epoch; each later call trains one more, with the
         D2ACE schedules (warm-up, pressure, mixture) continuing epoch by epoch. D2ACE
         keeps statistics per training instance, so every call must pass the same
-        data as the first.
+        data as the first (a different number of rows raises ``ValueError``).
+        After :meth:`fit` it continues that network; the selection statistics,
+        freed by a ``fit`` without ``warm_start``, then start anew. The selection
+        state is kept after every call.
 
         Parameters
         ----------
@@ -289,23 +306,144 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         self
         """
         settings = self._check_params()
-        if self._can_continue():
-            X, Y = self._check_data(X, y, reset=False)
+        if self._is_initialized():
+            X, Y = self._check_continuation(X, y)
         else:
-            X, Y = self._check_data(X, y)
-            self._initialize(X, Y, settings)
+            X, Y = self._start(X, y, settings)
         self._run(X, Y, 1)
+        return self
+
+    def initialize(self, X, y) -> D2ACEMultiLabelClassifier:
+        """Validate the data and build the untrained network, without training.
+
+        Sets everything :meth:`fit` sets except the trained weights: ``classes_``,
+        ``n_labels_``, ``n_features_in_`` (and ``feature_names_in_``), the
+        validation split, the batch sampler and ``net_`` with freshly initialised
+        weights. Use it to load saved parameters into an unfitted estimator
+        (:meth:`load_params`); :meth:`partial_fit` or ``fit`` with
+        ``warm_start=True`` then continue from there.
+
+        Parameters
+        ----------
+        X, y :
+            As for :meth:`fit`; the same data (or data of the same shape) as when
+            the parameters were saved.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> from sklearn.datasets import make_multilabel_classification
+        >>> X, Y = make_multilabel_classification(n_samples=60, n_classes=3, random_state=0)
+        >>> clf = D2ACEMultiLabelClassifier(hidden_layer_sizes=(8,)).initialize(X, Y)
+        >>> clf.n_labels_, len(clf.net_.history)
+        (3, 0)
+        """
+        settings = self._check_params()
+        self._start(X, y, settings)
+        return self
+
+    def save_params(
+        self,
+        f_params=None,
+        f_optimizer=None,
+        f_criterion=None,
+        f_history=None,
+        use_safetensors: bool = False,
+    ) -> None:
+        """Save the network's weights, optimizer state and history (skorch's format).
+
+        Forwards to :meth:`skorch.NeuralNet.save_params` of ``net_``. The recorded
+        D2ACE selection statistics are not saved (pickle the estimator to keep
+        them, see :meth:`load_params`).
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_criterion : file-like object, str or None
+            Where to save the module's, optimizer's and criterion's state dicts;
+            None skips that part.
+        f_history : file-like object, str or None
+            Where to save the training history (JSON).
+        use_safetensors : bool, default=False
+            Save with safetensors instead of pickle (``f_optimizer`` unsupported).
+        """
+        check_is_fitted(self, "net_")
+        self.net_.save_params(
+            f_params=f_params,
+            f_optimizer=f_optimizer,
+            f_criterion=f_criterion,
+            f_history=f_history,
+            use_safetensors=use_safetensors,
+        )
+
+    def load_params(
+        self,
+        f_params=None,
+        f_optimizer=None,
+        f_criterion=None,
+        f_history=None,
+        use_safetensors: bool = False,
+    ) -> D2ACEMultiLabelClassifier:
+        """Load what :meth:`save_params` saved into this estimator's network.
+
+        The estimator must be fitted or initialised first: on an unfitted one
+        (e.g. a ``clone``) call :meth:`initialize` with the training data, which
+        builds a network of the right shape, then load::
+
+            restored = clone(clf).initialize(X, Y)
+            restored.load_params(f_params="params.pt", f_history="history.json")
+
+        Loading a history also moves the selection schedules to its epoch count,
+        so that continued training (``partial_fit``, warm ``fit``) goes on from
+        there; the selection statistics themselves start anew (as after any
+        ``fit`` without ``warm_start``).
+
+        Parameters
+        ----------
+        f_params, f_optimizer, f_criterion, f_history, use_safetensors :
+            As for :meth:`save_params`.
+
+        Returns
+        -------
+        self
+        """
+        if not self._is_initialized():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance has no network yet: call "
+                "initialize(X, y) (or fit) before load_params."
+            )
+        self.net_.load_params(
+            f_params=f_params,
+            f_optimizer=f_optimizer,
+            f_criterion=f_criterion,
+            f_history=f_history,
+            use_safetensors=use_safetensors,
+        )
+        sampler = self.net_.batch_sampler
+        if f_history is not None and sampler is not None:
+            # The schedules (warm-up, pressure, mixture) are a function of the epoch.
+            sampler.epoch = len(self.net_.history)
         return self
 
     def predict_proba(self, X):
         """Probability of each label, ``(n_samples, n_labels)`` float64 in (0, 1).
 
         For 1-D binary ``y`` the shape is ``(n_samples, 2)`` (negative, positive).
+        Saturated logits (e.g. ±1e4) give probabilities clipped to
+        ``[eps, 1 - eps]``; a diverged network (NaN outputs) raises ``ValueError``
+        instead of returning NaN.
         """
         check_is_fitted(self, "net_")
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=(np.float32, np.float64))
         logits = self.net_.forward(X, training=False)
         proba = expit(logits.detach().cpu().numpy().astype(np.float64))
+        if np.isnan(proba).any():
+            raise ValueError(
+                "the network's outputs are NaN: training diverged (non-finite training "
+                "loss). Refit with a smaller lr or scaled features."
+            )
         proba = np.clip(proba, _PROBA_EPS, 1.0 - _PROBA_EPS)
         if self._binary_1d:
             if self.classes_.size == 1:  # y held one class: it is certain
@@ -324,14 +462,16 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
 
     # ------------------------------------------------------------------ internals
     def _check_params(self) -> dict:
-        """Validate hyper-parameters (at fit, never in ``__init__``); derive defaults."""
+        """Validate hyper-parameters (at fit, never in ``__init__``); derive defaults.
+
+        Every problem raises ``ValueError`` or ``TypeError`` naming the parameter,
+        before anything is built or trained.
+        """
         T = check_scalar(self.max_epochs, "max_epochs", numbers.Integral, min_val=1)
         check_scalar(self.batch_size, "batch_size", numbers.Integral, min_val=1)
-        check_scalar(self.lr, "lr", numbers.Real, min_val=0, include_boundaries="neither")
-        check_scalar(self.weight_decay, "weight_decay", numbers.Real, min_val=0)
-        check_scalar(
-            self.dropout, "dropout", numbers.Real, min_val=0, max_val=1, include_boundaries="left"
-        )
+        _check_real(self.lr, "lr", min_val=0, include_boundaries="neither")
+        _check_real(self.weight_decay, "weight_decay", min_val=0)
+        _check_real(self.dropout, "dropout", min_val=0, max_val=1, include_boundaries="left")
         if self.batch_selection not in BATCH_SELECTIONS:
             raise ValueError(
                 f"batch_selection must be one of {BATCH_SELECTIONS}, got {self.batch_selection!r}"
@@ -341,39 +481,35 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 f"label_context must be one of {LABEL_CONTEXTS}, got {self.label_context!r}"
             )
         check_scalar(self.history_size, "history_size", numbers.Integral, min_val=2)
-        check_scalar(
-            self.flip_decay,
-            "flip_decay",
-            numbers.Real,
-            min_val=0,
-            max_val=1,
-            include_boundaries="right",
-        )
-        check_scalar(
-            self.fluctuation_weight, "fluctuation_weight", numbers.Real, min_val=0, max_val=1
-        )
+        _check_real(self.flip_decay, "flip_decay", min_val=0, max_val=1, include_boundaries="right")
+        _check_real(self.fluctuation_weight, "fluctuation_weight", min_val=0, max_val=1)
         for name in ("label_weight_mean", "label_weight_std"):
-            check_scalar(getattr(self, name), name, numbers.Real)
+            _check_real(getattr(self, name), name)
         check_scalar(self.n_neighbors, "n_neighbors", numbers.Integral, min_val=0)
-        check_scalar(self.selection_pressure, "selection_pressure", numbers.Real, min_val=1)
+        # Finite: an infinite pressure turns the rank probabilities into NaN.
+        _check_real(self.selection_pressure, "selection_pressure", min_val=1)
         for name in ("mixture_start", "mixture_end"):
-            check_scalar(getattr(self, name), name, numbers.Real, min_val=0, max_val=1)
+            _check_real(getattr(self, name), name, min_val=0, max_val=1)
         warmup = round(0.1 * T) if self.warmup_epochs is None else self.warmup_epochs
-        check_scalar(warmup, "warmup_epochs", numbers.Integral, min_val=0, max_val=T - 1)
+        check_scalar(warmup, "warmup_epochs", numbers.Integral, min_val=0)
+        if warmup >= T:
+            raise ValueError(
+                f"warmup_epochs must be smaller than max_epochs ({T}), got {warmup}: "
+                "D2ACE would never select a batch"
+            )
         ramp_end = round(0.7 * T) if self.mixture_ramp_end is None else self.mixture_ramp_end
         check_scalar(ramp_end, "mixture_ramp_end", numbers.Integral, min_val=0)
         if self.validation_fraction is not None:
-            check_scalar(
+            _check_real(
                 self.validation_fraction,
                 "validation_fraction",
-                numbers.Real,
                 min_val=0,
                 max_val=1,
                 include_boundaries="left",
             )
         if self.patience is not None:
             check_scalar(self.patience, "patience", numbers.Integral, min_val=1)
-        check_scalar(self.threshold, "threshold", numbers.Real, min_val=0, max_val=1)
+        _check_real(self.threshold, "threshold", min_val=0, max_val=1)
         check_scalar(self.num_workers, "num_workers", numbers.Integral, min_val=0)
         optimizer = self.optimizer
         if isinstance(optimizer, str):
@@ -393,15 +529,65 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 "module must be a torch.nn.Module subclass (the class, not an instance), "
                 f"got {module!r}"
             )
-        device = torch.device(self.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} was requested but CUDA is not available")
+        if self.module_kwargs is not None and not isinstance(self.module_kwargs, Mapping):
+            raise TypeError(
+                f"module_kwargs must be a dict or None, got {type(self.module_kwargs).__name__}"
+            )
+        if self.module is None:
+            self._check_hidden_layer_sizes()
+        if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
+            raise TypeError(
+                "callbacks must be a list of skorch callbacks or None, "
+                f"got {type(self.callbacks).__name__}"
+            )
+        self._check_device()
         return {
             "warmup": int(warmup),
             "ramp_end": int(ramp_end),
             "optimizer": optimizer,
             "module": module,
         }
+
+    def _check_hidden_layer_sizes(self) -> None:
+        sizes = self.hidden_layer_sizes
+        if isinstance(sizes, numbers.Integral):
+            sizes = (sizes,)
+        try:
+            sizes = list(sizes)
+        except TypeError:
+            raise TypeError(
+                "hidden_layer_sizes must be a sequence of positive ints, "
+                f"got {self.hidden_layer_sizes!r}"
+            ) from None
+        for size in sizes:
+            if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+                raise ValueError(
+                    "hidden_layer_sizes must be a sequence of positive ints, "
+                    f"got {self.hidden_layer_sizes!r}"
+                )
+
+    def _check_device(self) -> None:
+        """'cpu' always; CUDA devices only when present (else a clear ValueError)."""
+        if not isinstance(self.device, (str, torch.device)):
+            raise TypeError(
+                "device must be a string such as 'cpu' or 'cuda' (or a torch.device), "
+                f"got {self.device!r}"
+            )
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    f"device={self.device!r} was requested but CUDA is not available "
+                    "(use device='cpu')"
+                )
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(
+                    f"device={self.device!r} was requested but only "
+                    f"{torch.cuda.device_count()} CUDA device(s) are available"
+                )
 
     def _check_data(self, X, y, reset: bool = True):
         """Validate ``X`` and ``y``; encode ``y`` as an int8 (N, q) indicator matrix.
@@ -420,6 +606,14 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         )
         check_classification_targets(Y)
         target = type_of_target(Y, input_name="y")
+        if target == "multiclass-multioutput":
+            # A label matrix with a column holding values other than 0/1.
+            values = np.unique(Y.data if sp.issparse(Y) else Y)
+            raise ValueError(
+                "Only binary classification is supported: y must be a binary indicator "
+                "matrix with values 0 and 1 (one column per label); got values "
+                f"{values[:10].tolist()}"
+            )
         if target not in ("binary", "multilabel-indicator"):
             raise ValueError(
                 f"Only binary classification is supported. The type of the target is {target}."
@@ -450,31 +644,35 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             raise ValueError(f"y has {Y.shape[1]} labels, the first fit had {self.n_labels_}")
         return X, Y
 
+    def _start(self, X, y, settings):
+        """Validate the data and build a fresh, untrained net (fitted attributes set).
+
+        All or nothing: when the data are rejected, the estimator is left exactly
+        as it was (unfitted, or fitted with its previous model and metadata),
+        rather than with ``n_features_in_`` of the new data and the old network.
+        """
+        before = dict(vars(self))
+        try:
+            X, Y = self._check_data(X, y)
+            self._initialize(X, Y, settings)
+        except BaseException:
+            vars(self).clear()
+            vars(self).update(before)
+            raise
+        return X, Y
+
     def _initialize(self, X, Y, settings) -> None:
         """Build the validation split, the batch sampler and an untrained net."""
         rng = check_random_state(self.random_state)
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
-        X_train, Y_train = X[train_idx], Y[train_idx]
-        sampler = D2ACEBatchSampler(
-            Y_train,
-            batch_size=self.batch_size,
+        sampler = self._build_sampler(
+            X[train_idx],
+            Y[train_idx],
             max_epochs=self.max_epochs,
-            strategy=self.batch_selection,
-            warmup_epochs=settings["warmup"],
+            warmup=settings["warmup"],
             ramp_end=settings["ramp_end"],
-            neighbors=self._neighbors(X_train),
-            label_context=self.label_context,
-            history_size=self.history_size,
-            flip_decay=self.flip_decay,
-            fluctuation_weight=self.fluctuation_weight,
-            weight_mean=self.label_weight_mean,
-            weight_std=self.label_weight_std,
-            dynamic_weights=self.dynamic_label_weights,
-            initial_pressure=self.selection_pressure,
-            mixture_start=self.mixture_start,
-            mixture_end=self.mixture_end,
             random_state=sampler_seed,
         )
         module, module_kwargs = self._module_params(settings["module"], X.shape[1])
@@ -505,6 +703,58 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             net.initialize()
         self.net_ = net
 
+    def _build_sampler(self, X_train, Y_train, *, max_epochs, warmup, ramp_end, random_state):
+        return D2ACEBatchSampler(
+            Y_train,
+            batch_size=self.batch_size,
+            max_epochs=max_epochs,
+            strategy=self.batch_selection,
+            warmup_epochs=warmup,
+            ramp_end=ramp_end,
+            neighbors=self._neighbors(X_train),
+            label_context=self.label_context,
+            history_size=self.history_size,
+            flip_decay=self.flip_decay,
+            fluctuation_weight=self.fluctuation_weight,
+            weight_mean=self.label_weight_mean,
+            weight_std=self.label_weight_std,
+            dynamic_weights=self.dynamic_label_weights,
+            initial_pressure=self.selection_pressure,
+            mixture_start=self.mixture_start,
+            mixture_end=self.mixture_end,
+            random_state=random_state,
+        )
+
+    def _check_continuation(self, X, y):
+        """Validate the data of continued training (``partial_fit``, warm ``fit``).
+
+        Everything is checked before any training: the features and labels
+        against the first fit, and the number of rows, since D2ACE keeps
+        statistics per training instance. A sampler whose recorded state was
+        released (after ``fit`` without ``warm_start``) is rebuilt with a fresh
+        record; its schedules and random stream go on from where they stopped.
+        """
+        X, Y = self._check_data(X, y, reset=False)
+        if X.shape[0] != self._fit_rows:
+            raise ValueError(
+                f"continuing training needs the data of the first fit ({self._fit_rows} rows; "
+                f"D2ACE keeps statistics per training instance), got {X.shape[0]} rows"
+            )
+        old = self.net_.batch_sampler
+        if old is not None and old.labels is None:
+            train = self._train_idx
+            sampler = self._build_sampler(
+                X[train],
+                Y[train],
+                max_epochs=old.max_epochs,
+                warmup=old.warmup_epochs,
+                ramp_end=old.ramp_end,
+                random_state=old.rng,  # default_rng(Generator) continues that stream
+            )
+            sampler.epoch = old.epoch
+            self.net_.batch_sampler = sampler
+        return X, Y
+
     def _run(self, X, Y, epochs: int) -> None:
         """Train ``epochs`` more epochs on the training part of ``X``."""
         if X.shape[0] != self._fit_rows:
@@ -519,10 +769,24 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             net.partial_fit(
                 X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
             )
+        try:
+            loss = net.history[-1, "train_loss"]
+        except (KeyError, IndexError):  # interrupted before the first epoch ended
+            return
+        if not np.isfinite(loss):
+            # Once, here, rather than NaN surfacing later in predictions or scores.
+            warnings.warn(
+                f"training diverged: the training loss is {loss} after epoch "
+                f"{len(net.history)}; predictions will fail. Use a smaller lr or scale "
+                "the features.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
-    def _can_continue(self) -> bool:
-        sampler = getattr(getattr(self, "net_", None), "batch_sampler", None)
-        return sampler is not None and sampler.labels is not None
+    def _is_initialized(self) -> bool:
+        """Whether there is a network (fitted or :meth:`initialize`-d) to continue."""
+        net = getattr(self, "net_", None)
+        return net is not None and getattr(net, "initialized_", False)
 
     def _rng_devices(self) -> list:
         device = torch.device(self.device)
@@ -587,6 +851,18 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             else:
                 callbacks.append((f"user_{i}_{type(callback).__name__}", callback))
         return callbacks
+
+
+def _check_real(value, name: str, **bounds) -> float:
+    """``check_scalar`` for a real number, which must also be finite.
+
+    ``check_scalar`` lets NaN through any bounds (every comparison with NaN is
+    false) and infinity through one-sided ones.
+    """
+    check_scalar(value, name, numbers.Real, **bounds)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
 
 
 class _PredefinedSplit:

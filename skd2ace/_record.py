@@ -146,8 +146,16 @@ class TrainingRecord:
         before = self.seen[inst] + rank  # predictions recorded before this one
 
         previous = np.empty_like(proba)
-        previous[1:] = proba[:-1]
-        previous[starts] = self.last[touched]
+        bad = ~np.isfinite(proba)
+        while True:
+            previous[1:] = proba[:-1]
+            previous[starts] = self.last[touched]
+            if not bad.any():
+                break
+            # A non-finite prediction (a transiently diverged batch) carries no
+            # information: it repeats the previous one (filled forward along runs).
+            np.copyto(proba, previous, where=bad)
+            bad = ~np.isfinite(proba)
         change = np.abs(proba - previous)
         change[before == 0] = 0.0
 
@@ -177,8 +185,11 @@ class TrainingRecord:
 
     def _refresh_metrics(self, inst: np.ndarray, loss: np.ndarray) -> None:
         pairs = np.minimum(np.maximum(self.seen[inst] - 1, 1), max(self.history_size - 1, 1))
-        fluctuation = self.change_sum[inst] * np.float32(1.0 / _CHANGE_SCALE) / pairs[:, None]
+        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs.astype(np.float32))[:, None]
+        fluctuation = self.change_sum[inst].astype(np.float32) * scale
         self._uncertainty[inst] = selection.combine_uncertainty(
-            fluctuation.astype(np.float32), self.last[inst], self.lam
+            fluctuation, self.last[inst], self.lam
         )
-        self._hardness[inst] = selection.hardness(loss, self.flip[inst])
+        hardness = selection.hardness(loss, self.flip[inst])
+        # ...and a NaN loss leaves the previous hardness in place.
+        self._hardness[inst] = np.where(np.isnan(hardness), self._hardness[inst], hardness)
