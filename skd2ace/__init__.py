@@ -7,6 +7,7 @@ it; :mod:`skd2ace.selection` holds the method's maths as numpy functions.
 """
 
 from . import selection
+from .neighbors import nearest_neighbors
 from ._classifier import D2ACEMultiLabelClassifier
 from ._net import D2ACENet
 from .modules import MLP
@@ -17,6 +18,7 @@ __all__ = [
     "D2ACEBatchSampler",
     "D2ACEMultiLabelClassifier",
     "D2ACENet",
+    "nearest_neighbors",
     "selection",
 ]
 __version__ = "0.1.0"

@@ -15,7 +15,6 @@ import torch
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state, check_scalar
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -25,6 +24,7 @@ from ._data import IndexedDataset
 from ._net import SELECTION_KEYS, D2ACENet, sigmoid
 from .metrics import macro_auc
 from .modules import MLP
+from .neighbors import nearest_neighbors
 from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS, D2ACEBatchSampler
 
 __all__ = ["D2ACEMultiLabelClassifier"]
@@ -806,9 +806,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         k = min(self.n_neighbors, X_train.shape[0] - 1)
         if k <= 0:
             return None
-        # kneighbors() without X never counts a point as its own neighbour.
-        nn = NearestNeighbors(n_neighbors=k).fit(X_train)
-        return nn.kneighbors(return_distance=False)
+        return nearest_neighbors(X_train, k, random_state=self._torch_seed)
 
     def _module_params(self, module, n_features):
         kwargs = dict(self.module_kwargs or {})

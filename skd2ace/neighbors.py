@@ -1,0 +1,80 @@
+"""Nearest neighbours for the local label context: exact when small, partitioned when large."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.cluster import MiniBatchKMeans
+from sklearn.neighbors import NearestNeighbors
+
+__all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors"]
+
+#: Up to this many instances the search is exact.
+EXACT_MAX_SAMPLES = 20000
+# Partition cells hold about this many instances: each exact search inside a cell
+# costs cell² distances, the whole search about N·cell.
+_CELL_SIZE = 2048
+
+
+def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_state=None):
+    """Indices of the ``k`` nearest other instances of every instance (Euclidean).
+
+    Up to ``exact_max`` instances the search is exact (scikit-learn's
+    :class:`~sklearn.neighbors.NearestNeighbors`, an instance never its own neighbour).
+    Beyond, an exact search over all pairs grows as N², so the instances are first
+    partitioned into cells of about 2048 by mini-batch k-means and the neighbours
+    are searched exactly inside each cell: about ``N · 2048`` distances, memory
+    ``O(N·k + 2048²)``, never an N × N matrix. Instances near a cell's border may
+    get a neighbour that is not among their true ``k`` nearest (see
+    ``docs/performance.md`` for the measured recall).
+
+    Parameters
+    ----------
+    X : {ndarray, sparse matrix} of shape (N, d)
+    k : int
+        Neighbours per instance, ``1 ≤ k < N``.
+    exact_max : int, default=20000
+    random_state : int, Generator or None
+        Seeds the partition (large N only).
+
+    Returns
+    -------
+    neighbors : ndarray of shape (N, k), int
+
+    Examples
+    --------
+    >>> X = np.array([[0.0], [1.0], [3.0], [7.0]])
+    >>> nearest_neighbors(X, 1).ravel().tolist()
+    [1, 0, 1, 2]
+    """
+    n = X.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}] for {n} instances, got {k}")
+    if n <= exact_max:
+        return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
+    n_cells = math.ceil(n / _CELL_SIZE)
+    seed = np.random.default_rng(random_state).integers(2**31 - 1)
+    cells = MiniBatchKMeans(
+        n_clusters=n_cells, n_init=1, max_iter=20, batch_size=4096, random_state=seed
+    ).fit_predict(X)
+    order = np.argsort(cells, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(cells, minlength=n_cells))]
+    neighbors = np.empty((n, k), dtype=np.intp)
+    for cell in range(n_cells):  # one exact search per cell (≈ N / 2048 of them)
+        members = order[bounds[cell] : bounds[cell + 1]]
+        if members.size > k:
+            local = NearestNeighbors(n_neighbors=k).fit(X[members])
+            neighbors[members] = members[local.kneighbors(return_distance=False)]
+        elif members.size:  # a tiny cell: search its members among all instances
+            found = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[members])[1]
+            neighbors[members] = _drop_self(found, members, k)
+    return neighbors
+
+
+def _drop_self(found: np.ndarray, members: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` of each row of ``found`` that are not the query itself."""
+    others = found != members[:, None]
+    # Rows where the query was not found (duplicates) keep their first k.
+    others[others.all(axis=1), -1] = False
+    return found[others].reshape(-1, k)

@@ -1,0 +1,45 @@
+"""Nearest neighbours of the local label context: exact below a size, partitioned above."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.datasets import make_blobs
+from sklearn.neighbors import NearestNeighbors
+
+from skd2ace.neighbors import _drop_self, nearest_neighbors
+
+
+def test_exact_below_the_threshold_matches_sklearn():
+    X = np.random.default_rng(0).random((300, 4))
+    expected = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(nearest_neighbors(X, 5), expected)
+    np.testing.assert_array_equal(nearest_neighbors(sp.csr_matrix(X), 5), expected)
+
+
+def test_partitioned_search_is_valid_and_mostly_right():
+    X, _ = make_blobs(n_samples=6000, centers=30, n_features=8, random_state=0)
+    approx = nearest_neighbors(X, 6, exact_max=500, random_state=0)
+    n = X.shape[0]
+    assert approx.shape == (n, 6)
+    assert approx.min() >= 0 and approx.max() < n
+    assert not (approx == np.arange(n)[:, None]).any()
+    assert all(len(set(row)) == 6 for row in approx[:200])
+    exact = nearest_neighbors(X, 6)
+    kth = np.linalg.norm(X[exact] - X[:, None], axis=2).max(axis=1)
+    found = np.linalg.norm(X[approx] - X[:, None], axis=2)
+    recall = (found <= kth[:, None] + 1e-9).mean()
+    assert recall > 0.8, recall
+    np.testing.assert_array_equal(
+        approx, nearest_neighbors(X, 6, exact_max=500, random_state=0)
+    )
+
+
+def test_drop_self_keeps_k_other_indices():
+    found = np.array([[3, 1, 2], [0, 4, 1], [5, 6, 7]])
+    members = np.array([3, 4, 9])  # 9 is not among its own results (duplicates)
+    np.testing.assert_array_equal(_drop_self(found, members, 2), [[1, 2], [0, 1], [5, 6]])
+
+
+def test_k_out_of_range():
+    with pytest.raises(ValueError, match="k must be in"):
+        nearest_neighbors(np.zeros((3, 2)), 3)
