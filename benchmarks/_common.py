@@ -18,6 +18,20 @@ from skd2ace.modules import MLP
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def set_threads(n: int) -> None:
+    """Run torch and numpy/scikit-learn (BLAS, OpenMP) on ``n`` threads for the process.
+
+    On the 2-core machine of docs/performance.md, torch's default of 2 intra-op threads
+    made small-MLP training 5–20× slower and erratic (OpenMP runtimes of torch and
+    scikit-learn/OpenBLAS contending), so the scripts default to 1; the plain torch
+    loop, 'random' and 'd2ace' always run under the same setting.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
 def data_home() -> Path:
     return Path(os.environ.get("SKD2ACE_DATA", ROOT.parent / "shared" / "data" / "mulan"))
 

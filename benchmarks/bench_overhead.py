@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import resource
 
-from _common import estimator, load, median, plain_torch_fit, table, timed
+from _common import estimator, load, median, plain_torch_fit, set_threads, table, timed
 
 
 def measure(case: str, repeats: int, epochs: int | None) -> dict:
@@ -55,9 +55,11 @@ def measure(case: str, repeats: int, epochs: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["yeast"])
+    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="default: 30, 5 when N > 20000")
     args = parser.parse_args()
+    set_threads(args.threads)
     rows = []
     for case in args.cases:
         rows.append(measure(case, args.repeats, args.epochs))

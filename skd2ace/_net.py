@@ -104,9 +104,10 @@ class D2ACENet(NeuralNet):
         elementwise = self.get_elementwise_loss(y_pred, yi)
         loss = elementwise.mean()
         loss.backward()
-        if self.batch_sampler is not None and isinstance(Xi, Mapping):
+        sampler = self.batch_sampler
+        if sampler is not None and sampler.record_ is not None and isinstance(Xi, Mapping):
             with torch.no_grad():
-                self.batch_sampler.record(
+                sampler.record(
                     Xi["sample_idx"], torch.sigmoid(y_pred), elementwise.detach()
                 )
         return {"loss": loss, "y_pred": y_pred}
