@@ -7,10 +7,10 @@ it; :mod:`skd2ace.selection` holds the method's maths as numpy functions.
 """
 
 from . import selection
-from .neighbors import nearest_neighbors
 from ._classifier import D2ACEMultiLabelClassifier
 from ._net import D2ACENet
 from .modules import MLP
+from .neighbors import nearest_neighbors
 from .sampler import D2ACEBatchSampler
 
 __all__ = [
