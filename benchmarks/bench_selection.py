@@ -51,7 +51,11 @@ def measure(n: int, q: int, repeats: int, batch_size: int = 128) -> dict:
     knn_time = median(timed(lambda: nearest_neighbors(X, 6, random_state=0), 1))
     neighbors = nearest_neighbors(X, 6, random_state=0)
     sampler = D2ACEBatchSampler(
-        Y, batch_size=batch_size, max_epochs=10, warmup_epochs=1, neighbors=neighbors,
+        Y,
+        batch_size=batch_size,
+        max_epochs=10,
+        warmup_epochs=1,
+        neighbors=neighbors,
         random_state=0,
     )
     n_batches = math.ceil(n / batch_size)
@@ -69,9 +73,7 @@ def measure(n: int, q: int, repeats: int, batch_size: int = 128) -> dict:
     Z = sampler.context_
     stages = {}
     stages["record"] = timed(record, repeats)
-    stages["weights"] = timed(
-        lambda: [selection.label_weights(M) for M in (E, H)], repeats
-    )
+    stages["weights"] = timed(lambda: [selection.label_weights(M) for M in (E, H)], repeats)
     stages["correlation"] = timed(
         lambda: [selection.label_correlation(M, sampler.labels) for M in (E, H)], repeats
     )
@@ -80,9 +82,7 @@ def measure(n: int, q: int, repeats: int, batch_size: int = 128) -> dict:
 
     def scores_and_rank():
         pools = [
-            selection.rank_probabilities(
-                selection.instance_scores(M, sampler.labels, Z, w, c), 4.0
-            )
+            selection.rank_probabilities(selection.instance_scores(M, sampler.labels, Z, w, c), 4.0)
             for M, w, c in zip((E, H), v, corr, strict=True)
         ]
         return 0.5 * pools[0] + 0.5 * pools[1]

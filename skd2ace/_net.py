@@ -107,9 +107,7 @@ class D2ACENet(NeuralNet):
         sampler = self.batch_sampler
         if sampler is not None and sampler.record_ is not None and isinstance(Xi, Mapping):
             with torch.no_grad():
-                sampler.record(
-                    Xi["sample_idx"], torch.sigmoid(y_pred), elementwise.detach()
-                )
+                sampler.record(Xi["sample_idx"], torch.sigmoid(y_pred), elementwise.detach())
         return {"loss": loss, "y_pred": y_pred}
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):

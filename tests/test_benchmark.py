@@ -85,17 +85,22 @@ def fake_result(values, strategies=("d2ace", "random"), seeds=(0,), n_folds=3):
         k = 0
         for seed in seeds:
             for fold in range(n_folds):
-                folds.append(
-                    fake_fold("toy", s, seed, fold, values[s][k], weights=s != "random")
-                )
+                folds.append(fake_fold("toy", s, seed, fold, values[s][k], weights=s != "random"))
                 k += 1
     config = BenchmarkConfig(
         datasets=["synthetic"], strategies=strategies, seeds=seeds, n_folds=n_folds
     )
     config.datasets = ("toy",)  # a made-up data set name, past validation
     info = {
-        "name": "toy", "n_samples": 15, "n_features": 2, "n_labels": 3, "sparse": False,
-        "n_samples_raw": 15, "n_labels_raw": 3, "preprocessed": True, "min_positives": 20,
+        "name": "toy",
+        "n_samples": 15,
+        "n_features": 2,
+        "n_labels": 3,
+        "sparse": False,
+        "n_samples_raw": 15,
+        "n_labels_raw": 3,
+        "preprocessed": True,
+        "min_positives": 20,
         "label_names": ["a", "b", "c"],
     }
     return BenchmarkResult(config=config, datasets={"toy": info}, folds=folds, wall_time_s=1.0)
@@ -148,7 +153,8 @@ def test_baseline_strategy():
 
 def test_compare_strategies_pairs_on_seed_and_fold():
     result = fake_result(
-        {"d2ace": [0.9, 0.8, 0.7, 0.6], "random": [0.8, 0.8, 0.6, 0.7]}, seeds=(0, 1),
+        {"d2ace": [0.9, 0.8, 0.7, 0.6], "random": [0.8, 0.8, 0.6, 0.7]},
+        seeds=(0, 1),
         n_folds=2,
     )
     cmp = compare_strategies(result)
@@ -156,8 +162,11 @@ def test_compare_strategies_pairs_on_seed_and_fold():
     assert set(cmp["datasets"]["toy"]) == {"d2ace"}
     stats = cmp["datasets"]["toy"]["d2ace"]
     assert set(stats) == set(REPORTED_METRICS)
-    assert (stats["macro_auc"]["wins"], stats["macro_auc"]["ties"],
-            stats["macro_auc"]["losses"]) == (2, 1, 1)
+    assert (
+        stats["macro_auc"]["wins"],
+        stats["macro_auc"]["ties"],
+        stats["macro_auc"]["losses"],
+    ) == (2, 1, 1)
     # ranking_loss is lower-is-better: the same values become 1 win, 2 losses.
     assert (stats["ranking_loss"]["wins"], stats["ranking_loss"]["losses"]) == (1, 2)
     assert stats["fit_time_s"]["losses"] == 4  # d2ace is slower in every fake fold
@@ -174,14 +183,18 @@ def test_summary_markdown_and_console_bold_best():
     s = summary["toy"]["d2ace"]["macro_auc"]
     assert s["mean"] == pytest.approx(0.8) and s["std"] == pytest.approx(0.1) and s["n"] == 3
     text = results_markdown(result, summary)
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines()
-             if line.startswith("| ") and "metric" not in line}
+    lines = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "metric" not in line
+    }
     # Higher-is-better: d2ace (0.8) beats random (0.7); lower-is-better: random wins.
     assert "**0.8000 ± 0.1000**" in lines["macro_auc ↑"]
     assert "**0.7000 ± 0.1000**" in lines["ranking_loss ↓"]
     assert "**1.00 ± 0.00**" in lines["fit_time_s ↓"]  # random's fake fit time
-    assert set(lines) == {f"{m} {'↓' if m in LOWER_IS_BETTER or m == 'fit_time_s' else '↑'}"
-                          for m in REPORTED_METRICS}
+    assert set(lines) == {
+        f"{m} {'↓' if m in LOWER_IS_BETTER or m == 'fit_time_s' else '↑'}" for m in REPORTED_METRICS
+    }
     table = console_table(result, summary)
     assert "0.8000 ± 0.1000*" in table and "fit_time_s" in table
 
@@ -213,8 +226,13 @@ def test_write_reports_from_fake_result(tmp_path):
     result.folds[0]["metrics"]["micro_auc"] = float("nan")
     written = write_reports(result, tmp_path / "out", argv=["skd2ace", "x"])
     assert set(written) == {
-        "results.md", "results.csv", "results.json", "comparison.md",
-        "valid_auc_toy.png", "schedule_toy.png", "label_weights_toy.png",
+        "results.md",
+        "results.csv",
+        "results.json",
+        "comparison.md",
+        "valid_auc_toy.png",
+        "schedule_toy.png",
+        "label_weights_toy.png",
     }
     payload = json.loads((tmp_path / "out" / "results.json").read_text())  # strict JSON
     assert payload["argv"] == ["skd2ace", "x"]
@@ -298,8 +316,17 @@ def test_run_fold_sparse_input():
     Y = (rng.random((80, 3)) < 0.4).astype(np.int8)
     Y[:3] = 1
     train, test = np.arange(60), np.arange(60, 80)
-    r = run_fold(X, Y, train, test, dataset="toy", strategy="d2ace", seed=0, fold=0,
-                 config=BenchmarkConfig(max_epochs=2, batch_size=16))
+    r = run_fold(
+        X,
+        Y,
+        train,
+        test,
+        dataset="toy",
+        strategy="d2ace",
+        seed=0,
+        fold=0,
+        config=BenchmarkConfig(max_epochs=2, batch_size=16),
+    )
     assert set(r["metrics"]) == set(METRIC_NAMES)
     assert r["n_train"] == 60 and r["n_test"] == 20 and r["n_epochs"] == 2
     assert set(HISTORY_KEYS) <= set(r["history"])
@@ -314,7 +341,10 @@ def small_run():
 def test_run_benchmark_is_paired_and_scores_agree(small_run):
     result = small_run
     assert [(r["strategy"], r["fold"]) for r in result.folds] == [
-        ("d2ace", 0), ("d2ace", 1), ("random", 0), ("random", 1)
+        ("d2ace", 0),
+        ("d2ace", 1),
+        ("random", 0),
+        ("random", 1),
     ]
     data = load_dataset("synthetic")
     by_key = {(r["strategy"], r["fold"]): r for r in result.folds}

@@ -20,8 +20,17 @@ def check_outputs(out, datasets, strategies, n_folds, seeds):
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert {"argv", "config", "environment", "wall_time_s", "datasets", "folds", "summary",
-            "comparison", "metrics"} <= set(payload)
+    assert {
+        "argv",
+        "config",
+        "environment",
+        "wall_time_s",
+        "datasets",
+        "folds",
+        "summary",
+        "comparison",
+        "metrics",
+    } <= set(payload)
     env = payload["environment"]
     assert {"skd2ace", "torch", "scikit-learn", "skorch", "numpy"} <= set(env["versions"])
     assert {"platform", "cpu_count"} <= set(env["machine"])
@@ -30,8 +39,16 @@ def check_outputs(out, datasets, strategies, n_folds, seeds):
     assert len(payload["folds"]) == n_jobs
     assert payload["config"]["datasets"] == list(datasets)
     fold = payload["folds"][0]
-    assert {"dataset", "strategy", "seed", "fold", "metrics", "fit_time_s", "best_epoch",
-            "history"} <= set(fold)
+    assert {
+        "dataset",
+        "strategy",
+        "seed",
+        "fold",
+        "metrics",
+        "fit_time_s",
+        "best_epoch",
+        "history",
+    } <= set(fold)
     assert len(fold["history"]["valid_macro_auc"]) == payload["config"]["max_epochs"]
 
     with open(out / "results.csv", newline="", encoding="utf-8") as fh:
@@ -98,11 +115,31 @@ def test_parser_defaults_and_options():
     run = parser.parse_args(["run"])
     bench = parser.parse_args(["benchmark"])
     assert run.epochs == RUN_DEFAULTS["epochs"] < bench.epochs == BENCHMARK_DEFAULTS["epochs"]
-    args = parser.parse_args([
-        "benchmark", "--datasets", "emotions", "yeast", "--strategies", "random",
-        "--seeds", "0", "1", "--n-jobs", "2", "--batch-size", "64", "--lr", "0.01",
-        "--hidden", "64", "32", "--param", "selection_pressure=4", "--no-preprocess",
-    ])
+    args = parser.parse_args(
+        [
+            "benchmark",
+            "--datasets",
+            "emotions",
+            "yeast",
+            "--strategies",
+            "random",
+            "--seeds",
+            "0",
+            "1",
+            "--n-jobs",
+            "2",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.01",
+            "--hidden",
+            "64",
+            "32",
+            "--param",
+            "selection_pressure=4",
+            "--no-preprocess",
+        ]
+    )
     assert args.datasets == ["emotions", "yeast"] and args.seeds == [0, 1]
     assert args.n_jobs == 2 and args.hidden == [64, 32] and not args.preprocess
     assert args.param == [("selection_pressure", 4)]
@@ -131,8 +168,17 @@ def test_missing_mulan_data_returns_1(tmp_path, monkeypatch, capsys):
         raise OSError("offline")
 
     monkeypatch.setattr("skd2ace.datasets._mulan._urlretrieve", offline)
-    code = main(["benchmark", "--datasets", "emotions", "--data-home", str(tmp_path),
-                 "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "benchmark",
+            "--datasets",
+            "emotions",
+            "--data-home",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "emotions" in err and "SKD2ACE_DATA" in err
@@ -149,8 +195,21 @@ def test_python_m_help():
 @pytest.mark.slow
 def test_benchmark_emotions(mulan_home, tmp_path, capsys):
     out = tmp_path / "emotions"
-    code = main(["benchmark", "--datasets", "emotions", "--folds", "2", "--epochs", "2",
-                 "--data-home", str(mulan_home), "--out", str(out)])
+    code = main(
+        [
+            "benchmark",
+            "--datasets",
+            "emotions",
+            "--folds",
+            "2",
+            "--epochs",
+            "2",
+            "--data-home",
+            str(mulan_home),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     payload = check_outputs(out, ["emotions"], ["d2ace", "random"], 2, [0])
     info = payload["datasets"]["emotions"]

@@ -29,9 +29,7 @@ def test_partitioned_search_is_valid_and_mostly_right():
     found = np.linalg.norm(X[approx] - X[:, None], axis=2)
     recall = (found <= kth[:, None] + 1e-9).mean()
     assert recall > 0.8, recall
-    np.testing.assert_array_equal(
-        approx, nearest_neighbors(X, 6, exact_max=500, random_state=0)
-    )
+    np.testing.assert_array_equal(approx, nearest_neighbors(X, 6, exact_max=500, random_state=0))
 
 
 def test_drop_self_keeps_k_other_indices():
