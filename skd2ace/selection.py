@@ -291,8 +291,13 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
         )
         return np.full(n, 1.0 / n)
     low, high = a.min(), a.max()
-    # Halved first: high − low may overflow float64 even when both are finite.
-    a_hat = (a / 2 - low / 2) / (high / 2 - low / 2) if high > low else np.zeros(n)
+    span = high - low
+    if not np.isfinite(span):  # finite scores whose range overflows float64
+        a_hat = (a / 2 - low / 2) / (high / 2 - low / 2)
+    elif span > 0:
+        a_hat = (a - low) / span
+    else:
+        a_hat = np.zeros(n)
     # The tolerance keeps ranks that lie exactly on a quantisation boundary from
     # flipping under floating-point rounding (e.g. after an affine rescaling).
     kappa = np.minimum(np.maximum(np.ceil(n * (1.0 - a_hat) - 1e-9), 1), n)
