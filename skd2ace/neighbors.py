@@ -52,6 +52,8 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} instances, got {k}")
     if n <= exact_max:
+        # float32 halves the distance computations' memory traffic.
+        X = X.astype(np.float32) if X.dtype == np.float64 else X
         return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
     n_cells = math.ceil(n / _CELL_SIZE)
     seed = np.random.default_rng(random_state).integers(2**31 - 1)

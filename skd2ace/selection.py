@@ -514,14 +514,14 @@ def _dense_labels(Y) -> np.ndarray:
 
 # Up to this many N·q² multiply-adds the dense masked products are cheaper than
 # building sparse matrices (yeast, emotions, enron, cal500 stay dense).
-_DENSE_WORK = 2**24
+DENSE_WORK = 2**24
 
 
 def _masked(m: np.ndarray, Y):
     """``m ⊙ Y``: a dense array for small problems, else a CSR matrix built from the
     positive entries of ``Y`` only."""
     n, q = m.shape
-    if n * q * q <= _DENSE_WORK:
+    if n * q * q <= DENSE_WORK:
         labels = Y.toarray() if sp.issparse(Y) else np.asarray(Y)
         return m * (labels != 0)
     if sp.issparse(Y):
