@@ -10,8 +10,11 @@ from sklearn.neighbors import NearestNeighbors
 
 __all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors"]
 
-#: Up to this many instances the search is exact.
+#: Up to this many instances the search is exact...
 EXACT_MAX_SAMPLES = 20000
+#: ...unless it would cost more than this many N²·d distance terms (delicious, 16 105 × 500,
+#: takes ~15 s single-threaded exactly, ~2 s partitioned).
+EXACT_MAX_WORK = 2**34
 # Partition cells hold about this many instances: each exact search inside a cell
 # costs cell² distances, the whole search about N·cell.
 _CELL_SIZE = 2048
@@ -20,9 +23,10 @@ _CELL_SIZE = 2048
 def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_state=None):
     """Indices of the ``k`` nearest other instances of every instance (Euclidean).
 
-    Up to ``exact_max`` instances the search is exact (scikit-learn's
-    :class:`~sklearn.neighbors.NearestNeighbors`, an instance never its own neighbour).
-    Beyond, an exact search over all pairs grows as N², so the instances are first
+    Up to ``exact_max`` instances (and ``N²·d ≤ 2**34``) the search is exact
+    (scikit-learn's :class:`~sklearn.neighbors.NearestNeighbors`, an instance never
+    its own neighbour). Beyond, an exact search over all pairs grows as N², so the
+    instances are first
     partitioned into cells of about 2048 by mini-batch k-means and the neighbours
     are searched exactly inside each cell: about ``N · 2048`` distances, memory
     ``O(N·k + 2048²)``, never an N × N matrix. Instances near a cell's border may
@@ -51,7 +55,7 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     n = X.shape[0]
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} instances, got {k}")
-    if n <= exact_max:
+    if n <= exact_max and n * n * X.shape[1] <= EXACT_MAX_WORK:
         # float32 halves the distance computations' memory traffic.
         X = X.astype(np.float32) if X.dtype == np.float64 else X
         return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
