@@ -694,7 +694,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             iterator_train__num_workers=self.num_workers,
             device=self.device,
             verbose=self.verbose,
-            callbacks__print_log__keys_ignored=list(SELECTION_KEYS[3:]),
+            **self._print_log(),
             batch_sampler=sampler,
             **{f"module__{key}": value for key, value in module_kwargs.items()},
         )
@@ -819,6 +819,12 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             if takes_any or key in accepted:
                 kwargs.setdefault(key, value)
         return module, kwargs
+
+    def _print_log(self) -> dict:
+        # skorch's PrintLog formats a table every epoch even when nothing is printed.
+        if not self.verbose:
+            return {"callbacks__print_log": None}
+        return {"callbacks__print_log__keys_ignored": list(SELECTION_KEYS[3:])}
 
     def _callbacks(self, validate: bool) -> list:
         callbacks = []

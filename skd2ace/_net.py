@@ -77,6 +77,14 @@ class D2ACENet(NeuralNet):
             if batch_size == -1:
                 batch_size = len(dataset)
             batches = BatchSampler(SequentialSampler(dataset), max(1, batch_size), False)
+        if (
+            set(kwargs) <= {"num_workers"}
+            and not kwargs.get("num_workers")
+            and hasattr(dataset, "__getitems__")
+        ):
+            # In-process loading of whole batches needs none of DataLoader's per-batch
+            # machinery (fetcher, pinning checks, worker seeding).
+            return _BatchIterator(dataset, batches)
         if "generator" not in kwargs:
             # DataLoader draws a worker base seed from the global torch RNG at every
             # iteration; an own generator keeps predict() off the global state, and
@@ -84,6 +92,14 @@ class D2ACENet(NeuralNet):
             seed = int(torch.randint(2**62, ()).item()) if training else 0
             kwargs["generator"] = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, **kwargs)
+
+    def _set_training(self, training=True):
+        # skorch switches the mode before every batch; Module.train recurses into
+        # every submodule, so skip modules already in the requested mode.
+        for name in self._modules + self._criteria:
+            module = getattr(self, name + "_")
+            if isinstance(module, torch.nn.Module) and module.training != training:
+                module.train(training)
 
     def infer(self, x, **fit_params):
         if isinstance(x, Mapping) and "sample_idx" in x:
@@ -118,3 +134,18 @@ class D2ACENet(NeuralNet):
             if isinstance(value, np.ndarray):
                 value = value.tolist()
             self.history.record(key, value)
+
+
+class _BatchIterator:
+    """Batches of an :class:`IndexedDataset` in the order a batch sampler plans them
+    (what a single-process DataLoader yields with whole-batch fetching)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for idx in self.batches:
+            yield self.dataset.__getitems__(idx)

@@ -7,7 +7,7 @@ import numpy as np
 from . import selection
 
 # |Δp| ∈ [0, 1] is stored as an integer number of 1/65535 steps: 2 bytes, an error of
-# at most 7.7e-6 per change, and exact integer running sums (no drift).
+# at most 7.7e-6 per change, and exact integer window sums (no drift).
 _CHANGE_SCALE = 65535.0
 
 
@@ -15,25 +15,27 @@ class TrainingRecord:
     """Per-instance, per-label statistics of the model's recent predictions.
 
     For every training instance ``i`` and label ``j`` the record keeps the newest
-    predicted probability, the flip EMA ``f_ij``, a ring of the last ``W − 1``
-    absolute probability changes (quantised to 1/65535) with their exact running
-    sum, and the two metrics ``E`` (uncertainty) and ``H`` (hardness) of METHOD.md
-    §2 for the instance's current statistics, computed with the functional core
-    (:func:`skd2ace.selection.combine_uncertainty`, :func:`~skd2ace.selection.hardness`).
+    predicted probability, the flip EMA ``f_ij``, the latest elementwise loss and a
+    ring of the last ``W − 1`` absolute probability changes (quantised to
+    1/65535). The two metrics ``E`` (uncertainty) and ``H`` (hardness) of
+    METHOD.md §2 are computed from this state when read, with the functional core
+    (:func:`skd2ace.selection.combine_uncertainty`,
+    :func:`~skd2ace.selection.hardness`), in contiguous passes over all instances.
 
     :meth:`update` only queues a batch (a list append: training batches stay
     cheap); queued batches are applied in order, vectorised over many batches at
     once, when the metrics are read, when :meth:`flush` is called, or when the
     queue holds ``flush_every`` elements. An instance that occurs several times in
-    the queue gets each occurrence in training order (changes, flip EMA, ring), so
-    the result is that of recording batch by batch.
+    the queue gets each occurrence in training order (one vectorised round per
+    occurrence rank), so the result is that of recording batch by batch.
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
-    ``E = 1 − λ`` and ``H = 0.5``.
+    ``E = 1 − λ`` and ``H = 0.5``. A non-finite prediction (a transiently
+    diverged batch) repeats the previous one; a NaN loss keeps the previous loss.
 
     The state lives in host memory as numpy arrays: it is what the numpy
     selection reads every epoch, and it leaves GPU memory to the model.
-    Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``) plus
+    Memory: ``12 + 2·(W − 1)`` bytes per (instance, label) (20 at ``W = 5``) plus
     4 bytes per instance, plus the queue (at most ``flush_every`` elements).
 
     Parameters
@@ -75,11 +77,12 @@ class TrainingRecord:
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
         self.flip = np.zeros(shape, dtype=np.float32)
-        self.change_sum = np.zeros(shape, dtype=np.int32)
-        # Ring of quantised |Δp|, slot-major: row (slot · N + i) holds instance i.
-        self.changes = np.zeros((max(history_size - 1, 1) * n_samples, n_labels), np.uint16)
-        self._uncertainty = np.full(shape, 1.0 - lam, dtype=np.float32)
-        self._hardness = np.full(shape, 0.5, dtype=np.float32)
+        # The loss of the uninformed prediction p = 0.5 (so that H = 0.5).
+        self.loss = np.full(shape, np.log(2.0), dtype=np.float32)
+        # Ring of quantised |Δp|, slot-major: the k-th change of instance i sits in
+        # changes[k mod (W − 1), i], so a window sum adds W − 1 contiguous slices.
+        self.slots = max(history_size - 1, 1)
+        self.changes = np.zeros((self.slots, n_samples, n_labels), dtype=np.uint16)
         self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
 
@@ -87,19 +90,23 @@ class TrainingRecord:
     def uncertainty(self) -> np.ndarray:
         """``E`` (N, q), float32, everything recorded so far included."""
         self.flush()
-        return self._uncertainty
+        pairs = np.clip(self.seen - 1, 1, self.slots).astype(np.float32)
+        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
+        window = self.changes.sum(axis=0, dtype=np.int32)
+        fluctuation = np.multiply(window, scale, dtype=np.float32)
+        return selection.combine_uncertainty(fluctuation, self.last, self.lam)
 
     @property
     def hardness(self) -> np.ndarray:
         """``H`` (N, q), float32, everything recorded so far included."""
         self.flush()
-        return self._hardness
+        return selection.hardness(self.loss, self.flip)
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the record's state (the queue excluded)."""
-        arrays = (self.seen, self.last, self.flip, self.change_sum, self.changes)
-        return sum(a.nbytes for a in arrays) + self._uncertainty.nbytes + self._hardness.nbytes
+        arrays = (self.seen, self.last, self.flip, self.loss, self.changes)
+        return sum(a.nbytes for a in arrays)
 
     def update(self, idx, proba, loss) -> None:
         """Queue one training batch.
@@ -107,7 +114,7 @@ class TrainingRecord:
         Parameters
         ----------
         idx : array-like of shape (B,)
-            Distinct row indices (into the training set) of the batch.
+            Row indices (into the training set) of the batch.
         proba : array-like of shape (B, q)
             Predicted probabilities of the training forward pass.
         loss : array-like of shape (B, q)
@@ -127,69 +134,61 @@ class TrainingRecord:
         """Apply the queued batches, in training order."""
         if not self._queue:
             return
-        idx = np.concatenate([item[0] for item in self._queue])
-        proba = np.concatenate([item[1] for item in self._queue])
-        loss = np.concatenate([item[2] for item in self._queue])
+        if len(self._queue) == 1:
+            idx, proba, loss = self._queue[0]
+        else:
+            idx = np.concatenate([item[0] for item in self._queue])
+            proba = np.concatenate([item[1] for item in self._queue])
+            loss = np.concatenate([item[2] for item in self._queue])
         self._queue, self._queued = [], 0
 
-        # Rows grouped by instance, each group in training order: every occurrence's
-        # predecessor is the previous row of its group (or the stored newest
-        # prediction for the first), so the whole queue is applied in one pass.
+        if np.bincount(idx, minlength=self.n_samples).max() <= 1:
+            self._apply(idx, proba, loss)
+            return
+        # Round r applies every instance's r-th occurrence (distinct instances, in
+        # training order): the occurrences of one instance go in sequence.
         order = np.argsort(idx, kind="stable")
-        inst = idx[order]
-        proba = proba[order]
-        starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
-        sizes = np.diff(np.r_[starts, inst.size])
-        group_size = np.repeat(sizes, sizes)
-        touched = inst[starts]
-        rank = np.arange(inst.size) - np.repeat(starts, sizes)
-        before = self.seen[inst] + rank  # predictions recorded before this one
+        ranked = idx[order]
+        new_group = np.empty(idx.size, dtype=bool)
+        new_group[0] = True
+        np.not_equal(ranked[1:], ranked[:-1], out=new_group[1:])
+        starts = np.flatnonzero(new_group)
+        rank = np.empty(idx.size, dtype=np.intp)
+        rank[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.append(starts, idx.size)))
+        rows = np.argsort(rank, kind="stable")
+        bounds = np.cumsum(np.bincount(rank))
+        for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
+            take = rows[lo:hi]
+            self._apply(idx[take], proba[take], loss[take])
 
-        previous = np.empty_like(proba)
+    def _apply(self, inst: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:
+        """Record one prediction per instance (``inst`` distinct)."""
+        seen = self.seen[inst]
+        previous = self.last[inst]
         bad = ~np.isfinite(proba)
-        while True:
-            previous[1:] = proba[:-1]
-            previous[starts] = self.last[touched]
-            if not bad.any():
-                break
-            # A non-finite prediction (a transiently diverged batch) carries no
-            # information: it repeats the previous one (filled forward along runs).
-            np.copyto(proba, previous, where=bad)
-            bad = ~np.isfinite(proba)
+        if bad.any():
+            proba = np.where(bad, previous, proba)
         change = np.abs(proba - previous)
-        change[before == 0] = 0.0
+        first = seen == 0
+        if first.any():
+            change[first] = 0.0
 
-        # Flip EMA after n updates: (1−α)^n f0 + Σ_k α (1−α)^(n−k) c_k.
-        keep = np.float32(1.0 - self.flip_decay)
-        decay = keep ** (group_size - 1 - rank).astype(np.float32)
-        weighted = change * (np.float32(self.flip_decay) * decay)[:, None]
-        flip = self.flip[touched] * (keep ** sizes.astype(np.float32))[:, None]
-        self.flip[touched] = flip + np.add.reduceat(weighted, starts, axis=0)
+        flip = self.flip[inst]
+        flip *= np.float32(1.0 - self.flip_decay)
+        flip += np.float32(self.flip_decay) * change
+        self.flip[inst] = flip
 
-        slots = self.history_size - 1
-        if slots > 0:
-            # Only each instance's newest `slots` changes survive in the ring; their
-            # slots, (changes so far) mod (ring length), are distinct.
-            write = (rank >= group_size - slots) & (before >= 1)
-            rows = ((before[write] - 1) % slots) * self.n_samples + inst[write]
-            self.changes[rows] = np.rint(change[write] * _CHANGE_SCALE).astype(np.uint16)
-            total = np.zeros((touched.size, self.n_labels), dtype=np.int32)
-            for slot in range(slots):  # W − 1 vectorised gathers
-                total += self.changes[slot * self.n_samples + touched]
-            self.change_sum[touched] = total
+        quantised = np.rint(change * np.float32(_CHANGE_SCALE)).astype(np.uint16)
+        slot = (seen - 1) % self.slots
+        if first.any():
+            later = ~first
+            self.changes[slot[later], inst[later]] = quantised[later]
+        else:
+            self.changes[slot, inst] = quantised
 
-        newest = starts + sizes - 1
-        self.last[touched] = proba[newest]
-        self.seen[touched] += sizes.astype(np.int32)
-        self._refresh_metrics(touched, loss[order[newest]])
-
-    def _refresh_metrics(self, inst: np.ndarray, loss: np.ndarray) -> None:
-        pairs = np.minimum(np.maximum(self.seen[inst] - 1, 1), max(self.history_size - 1, 1))
-        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs.astype(np.float32))[:, None]
-        fluctuation = self.change_sum[inst].astype(np.float32) * scale
-        self._uncertainty[inst] = selection.combine_uncertainty(
-            fluctuation, self.last[inst], self.lam
-        )
-        hardness = selection.hardness(loss, self.flip[inst])
-        # ...and a NaN loss leaves the previous hardness in place.
-        self._hardness[inst] = np.where(np.isnan(hardness), self._hardness[inst], hardness)
+        self.last[inst] = proba
+        lost = np.isnan(loss)
+        if lost.any():
+            loss = np.where(lost, self.loss[inst], loss)
+        self.loss[inst] = loss
+        self.seen[inst] += 1

@@ -16,6 +16,29 @@ def test_exact_below_the_threshold_matches_sklearn():
     np.testing.assert_array_equal(nearest_neighbors(sp.csr_matrix(X), 5), expected)
 
 
+@pytest.mark.parametrize("n", [300, 1500])  # 1500: several 16 MiB blocks when forced
+def test_exact_matrix_product_path_matches_sklearn(n, monkeypatch):
+    # 64 features take the float32 matrix-product + top-k path.
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, 64))
+    X[7] = X[3]  # a duplicate row: each is the other's nearest, at distance 0
+    if n == 1500:
+        import skd2ace.neighbors as nb
+
+        original = nb._exact
+        monkeypatch.setattr(nb, "_exact", lambda X, k: original(X, k, block_bytes=4 * n * 100))
+    got = nearest_neighbors(X, 5)
+    expected = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(return_distance=False)
+    assert not (got == np.arange(n)[:, None]).any()
+    assert all(len(set(row)) == 5 for row in got)
+    # The same neighbours up to float32 near-ties: equal distances, row by row.
+    dist = np.linalg.norm(X[got] - X[:, None], axis=2)
+    want = np.linalg.norm(X[expected] - X[:, None], axis=2)
+    np.testing.assert_allclose(dist, want, rtol=1e-5)
+    assert (got == expected).mean() > 0.99
+    assert got[3, 0] == 7 and got[7, 0] == 3
+
+
 def test_partitioned_search_is_valid_and_mostly_right():
     X, _ = make_blobs(n_samples=6000, centers=30, n_features=8, random_state=0)
     approx = nearest_neighbors(X, 6, exact_max=500, random_state=0)
