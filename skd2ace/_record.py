@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import selection
@@ -17,17 +19,12 @@ class TrainingRecord:
     For every training instance ``i`` and label ``j`` the record keeps the newest
     predicted probability, the flip EMA ``f_ij``, the latest elementwise loss and a
     ring of the last ``W − 1`` absolute probability changes (quantised to
-    1/65535). The two metrics ``E`` (uncertainty) and ``H`` (hardness) of
-    METHOD.md §2 are computed from this state when read, with the functional core
-    (:func:`skd2ace.selection.combine_uncertainty`,
+    1/65535). :meth:`update` applies a training batch at once, vectorised over its
+    rows (a handful of fancy-indexed numpy operations on ``B × q`` values: the
+    working set stays in cache). The two metrics ``E`` (uncertainty) and ``H``
+    (hardness) of METHOD.md §2 are computed from this state when read, with the
+    functional core (:func:`skd2ace.selection.combine_uncertainty`,
     :func:`~skd2ace.selection.hardness`), in contiguous passes over all instances.
-
-    :meth:`update` only queues a batch (a list append: training batches stay
-    cheap); queued batches are applied in order, vectorised over many batches at
-    once, when the metrics are read, when :meth:`flush` is called, or when the
-    queue holds ``flush_every`` elements. An instance that occurs several times in
-    the queue gets each occurrence in training order (one vectorised round per
-    occurrence rank), so the result is that of recording batch by batch.
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
     ``E = 1 − λ`` and ``H = 0.5``. A non-finite prediction (a transiently
@@ -36,7 +33,7 @@ class TrainingRecord:
     The state lives in host memory as numpy arrays: it is what the numpy
     selection reads every epoch, and it leaves GPU memory to the model.
     Memory: ``12 + 2·(W − 1)`` bytes per (instance, label) (20 at ``W = 5``) plus
-    4 bytes per instance, plus the queue (at most ``flush_every`` elements).
+    4 bytes per instance.
 
     Parameters
     ----------
@@ -47,8 +44,6 @@ class TrainingRecord:
         ``α`` of the flip EMA.
     lam : float, default=0.5
         ``λ``, weight of the fluctuation term in ``E``.
-    flush_every : int, default=2**21
-        Queue size (instances × labels) that triggers applying the queue.
 
     Examples
     --------
@@ -68,28 +63,23 @@ class TrainingRecord:
         history_size: int = 5,
         flip_decay: float = 0.7,
         lam: float = 0.5,
-        flush_every: int = 2**21,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
-        self.flush_every = flush_every
         shape = (n_samples, n_labels)
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
         self.flip = np.zeros(shape, dtype=np.float32)
         # The loss of the uninformed prediction p = 0.5 (so that H = 0.5).
-        self.loss = np.full(shape, np.log(2.0), dtype=np.float32)
+        self.loss = np.full(shape, math.log(2.0), dtype=np.float32)
         # Ring of quantised |Δp|, slot-major: the k-th change of instance i sits in
         # changes[k mod (W − 1), i], so a window sum adds W − 1 contiguous slices.
         self.slots = max(history_size - 1, 1)
         self.changes = np.zeros((self.slots, n_samples, n_labels), dtype=np.uint16)
-        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._queued = 0
 
     @property
     def uncertainty(self) -> np.ndarray:
-        """``E`` (N, q), float32, everything recorded so far included."""
-        self.flush()
+        """``E`` (N, q), float32."""
         pairs = np.clip(self.seen - 1, 1, self.slots).astype(np.float32)
         scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
         window = self.changes.sum(axis=0, dtype=np.int32)
@@ -98,18 +88,16 @@ class TrainingRecord:
 
     @property
     def hardness(self) -> np.ndarray:
-        """``H`` (N, q), float32, everything recorded so far included."""
-        self.flush()
+        """``H`` (N, q), float32."""
         return selection.hardness(self.loss, self.flip)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the record's state (the queue excluded)."""
-        arrays = (self.seen, self.last, self.flip, self.loss, self.changes)
-        return sum(a.nbytes for a in arrays)
+        """Bytes held by the record's state."""
+        return sum(a.nbytes for a in (self.seen, self.last, self.flip, self.loss, self.changes))
 
-    def update(self, idx, proba, loss) -> None:
-        """Queue one training batch.
+    def update(self, idx, proba, loss, *, distinct: bool = False) -> None:
+        """Record one training batch.
 
         Parameters
         ----------
@@ -119,76 +107,63 @@ class TrainingRecord:
             Predicted probabilities of the training forward pass.
         loss : array-like of shape (B, q)
             Elementwise loss of the same pass.
+        distinct : bool, default=False
+            The caller guarantees that ``idx`` holds no repeats (the batch
+            sampler's batches), which skips checking it. An instance repeated
+            within a batch gets its rows in order, as consecutive predictions.
         """
         idx = np.asarray(idx, dtype=np.intp)
         if idx.size == 0:
             return
-        self._queue.append(
-            (idx, np.asarray(proba, dtype=np.float32), np.asarray(loss, dtype=np.float32))
-        )
-        self._queued += idx.size * self.n_labels
-        if self._queued >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        """Apply the queued batches, in training order."""
-        if not self._queue:
-            return
-        if len(self._queue) == 1:
-            idx, proba, loss = self._queue[0]
-        else:
-            idx = np.concatenate([item[0] for item in self._queue])
-            proba = np.concatenate([item[1] for item in self._queue])
-            loss = np.concatenate([item[2] for item in self._queue])
-        self._queue, self._queued = [], 0
-
-        if np.bincount(idx, minlength=self.n_samples).max() <= 1:
+        proba = np.asarray(proba, dtype=np.float32)
+        loss = np.asarray(loss, dtype=np.float32)
+        if distinct or idx.size == 1:
             self._apply(idx, proba, loss)
             return
-        # Round r applies every instance's r-th occurrence (distinct instances, in
-        # training order): the occurrences of one instance go in sequence.
         order = np.argsort(idx, kind="stable")
         ranked = idx[order]
-        new_group = np.empty(idx.size, dtype=bool)
-        new_group[0] = True
-        np.not_equal(ranked[1:], ranked[:-1], out=new_group[1:])
+        new_group = np.r_[True, ranked[1:] != ranked[:-1]]
+        if new_group.all():
+            self._apply(idx, proba, loss)
+            return
+        # One round per occurrence rank: the repeats of an instance go in row order.
         starts = np.flatnonzero(new_group)
         rank = np.empty(idx.size, dtype=np.intp)
-        rank[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.append(starts, idx.size)))
-        rows = np.argsort(rank, kind="stable")
-        bounds = np.cumsum(np.bincount(rank))
-        for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
-            take = rows[lo:hi]
+        rank[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+        for r in range(rank.max() + 1):
+            take = np.flatnonzero(rank == r)
             self._apply(idx[take], proba[take], loss[take])
 
     def _apply(self, inst: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:
         """Record one prediction per instance (``inst`` distinct)."""
         seen = self.seen[inst]
         previous = self.last[inst]
-        bad = ~np.isfinite(proba)
-        if bad.any():
-            proba = np.where(bad, previous, proba)
+        finite = np.isfinite(proba)
+        if not finite.all():
+            proba = np.where(finite, proba, previous)
         change = np.abs(proba - previous)
-        first = seen == 0
-        if first.any():
-            change[first] = 0.0
+        fresh = seen.min() == 0
+        if fresh:  # a first prediction has no predecessor: no change, no flip
+            change[seen == 0] = 0.0
 
+        # f ← α·c + (1 − α)·f, written as (1 − α)(f − c) + c: no temporary.
         flip = self.flip[inst]
+        flip -= change
         flip *= np.float32(1.0 - self.flip_decay)
-        flip += np.float32(self.flip_decay) * change
+        flip += change
         self.flip[inst] = flip
+        self.last[inst] = proba
+        lost = np.isnan(loss)
+        self.loss[inst] = np.where(lost, self.loss[inst], loss) if lost.any() else loss
 
-        quantised = np.rint(change * np.float32(_CHANGE_SCALE)).astype(np.uint16)
-        slot = (seen - 1) % self.slots
-        if first.any():
-            later = ~first
+        change *= np.float32(_CHANGE_SCALE)
+        change += np.float32(0.5)  # round half up: change ≥ 0
+        quantised = change.astype(np.uint16)
+        slot = seen - 1
+        slot %= self.slots
+        if fresh:
+            later = seen > 0
             self.changes[slot[later], inst[later]] = quantised[later]
         else:
             self.changes[slot, inst] = quantised
-
-        self.last[inst] = proba
-        lost = np.isnan(loss)
-        if lost.any():
-            loss = np.where(lost, self.loss[inst], loss)
-        self.loss[inst] = loss
-        self.seen[inst] += 1
+        self.seen[inst] = seen + 1

@@ -199,7 +199,8 @@ class D2ACEBatchSampler(Sampler):
         """
         if self.record_ is None:
             return
-        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss))
+        # The planned batches never repeat an instance.
+        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss), distinct=True)
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""

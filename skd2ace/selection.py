@@ -471,8 +471,15 @@ def draw_batches(
     length = int(batch_size + max(8, math.ceil(0.25 * batch_size)))
     cdf = np.cumsum(p)
     cdf /= cdf[-1]
-    stream = np.searchsorted(cdf, rng.random((n_batches, length)), side="right")
-    stream = np.minimum(stream, n - 1)
+    # i.i.d. uniforms as sorted order statistics (normalised sums of exponential
+    # spacings) dealt to random stream positions: the same law as rng.random, but
+    # the inverse-cdf search runs on sorted keys (about 2–3× faster than on random
+    # ones, whose binary searches mispredict every branch).
+    draws = n_batches * length
+    spacings = np.cumsum(rng.standard_exponential(draws + 1))
+    uniforms = spacings[:-1] / spacings[-1]
+    stream = np.searchsorted(cdf, uniforms, side="right")[rng.permutation(draws)]
+    stream = np.minimum(stream, n - 1).reshape(n_batches, length)
     order = np.argsort(stream, axis=1, kind="stable")
     ranked = np.take_along_axis(stream, order, axis=1)
     repeat = np.zeros_like(ranked, dtype=bool)
@@ -481,21 +488,20 @@ def draw_batches(
     np.put_along_axis(first, order, ~repeat, axis=1)
     keep = first & (np.cumsum(first, axis=1) <= sizes[:, None])
     counts = keep.sum(axis=1)
-    batches = []
-    for row in range(n_batches):
-        found = stream[row][keep[row]]
-        if counts[row] < sizes[row]:
-            # Too many repeats in this stream: successive sampling continues from
-            # p restricted to the instances not yet drawn, exactly, via
-            # exponential races (O(N), rare for all but tiny or very skewed p).
-            rest = p.copy()
-            rest[found] = 0.0
-            keys = rng.exponential(size=n) / np.where(rest > 0, rest, np.nan)
-            keys = np.where(np.isnan(keys), np.inf, keys)
-            more = sizes[row] - counts[row]
-            chosen = np.argpartition(keys, more - 1)[:more]
-            found = np.concatenate([found, chosen[np.argsort(keys[chosen])]])
-        batches.append(found)
+    # Row-major boolean indexing keeps each stream's order: one split, no per-row work.
+    batches = np.split(stream[keep], np.cumsum(counts)[:-1])
+    for row in np.flatnonzero(counts < sizes):
+        # Too many repeats in this stream: successive sampling continues from p
+        # restricted to the instances not yet drawn, exactly, via exponential races
+        # (O(N), rare for all but tiny or very skewed p).
+        found = batches[row]
+        rest = p.copy()
+        rest[found] = 0.0
+        keys = rng.exponential(size=n) / np.where(rest > 0, rest, np.nan)
+        keys = np.where(np.isnan(keys), np.inf, keys)
+        more = sizes[row] - counts[row]
+        chosen = np.argpartition(keys, more - 1)[:more]
+        batches[row] = np.concatenate([found, chosen[np.argsort(keys[chosen])]])
     return batches
 
 

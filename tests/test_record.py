@@ -39,21 +39,25 @@ def random_proba(rng, b, q, previous=None):
     return p
 
 
-def feed(record, reference, rng, n_active, batch, q, min_updates, checkpoint_prob, lam):
+def feed(
+    record, reference, rng, n_active, batch, q, min_updates, checkpoint_prob, lam, repeats=False
+):
     """Feed random batches until each active instance has ``min_updates`` predictions.
 
-    Compares the record to the reference at random checkpoints (each one flushes
-    whatever the record has queued) and at the end; returns the max errors.
+    Compares the record to the reference at random checkpoints and at the end;
+    returns the max errors. ``repeats`` draws batches with repeated instances.
     """
     counts = np.zeros(n_active, dtype=int)
     err_e = err_h = 0.0
     checks = 0
     while counts.min() < min_updates:
-        idx = rng.choice(n_active, size=batch, replace=False)
+        idx = rng.choice(n_active, size=batch, replace=repeats)
         proba = random_proba(rng, batch, q)
         loss = rng.exponential(size=(batch, q)) * (rng.random((batch, q)) < 0.9)
         dtype = [np.float32, np.float64][int(rng.integers(2))]
-        record.update(idx, proba.astype(dtype), loss.astype(dtype))
+        # distinct=True (what the sampler passes) skips the repeat check
+        distinct = not repeats and bool(rng.integers(2))
+        record.update(idx, proba.astype(dtype), loss.astype(dtype), distinct=distinct)
         reference.update(idx, proba.astype(dtype), loss.astype(dtype))
         counts[idx] += 1
         if rng.random() < checkpoint_prob or counts.min() >= min_updates:
@@ -79,17 +83,17 @@ def compare(record, reference, lam):
 
 
 @pytest.mark.parametrize("w", [2, 3, 5])
-@pytest.mark.parametrize("flush_every", [None, 7])
-def test_record_matches_reference(w, flush_every):
+@pytest.mark.parametrize("repeats", [False, True])
+def test_record_matches_reference(w, repeats):
+    # repeats: instances repeated within a batch are recorded in row order
     rng = np.random.default_rng(100 + w)
     n, q, batch, never = 14, 3, 5, 2
-    kwargs = {} if flush_every is None else {"flush_every": flush_every}
-    record = make_record(n, q, w, **kwargs)
+    record = make_record(n, q, w)
     reference = ref.Recorder(n, q, w, alpha=0.7)
-    err_e, err_h = feed(record, reference, rng, n - never, batch, q, 200, 0.02, 0.5)
-    MAX_ERRORS[f"W={w} flush_every={flush_every}"] = max(err_e, err_h)
+    err_e, err_h = feed(record, reference, rng, n - never, batch, q, 200, 0.02, 0.5, repeats)
+    MAX_ERRORS[f"W={w} repeats={repeats}"] = max(err_e, err_h)
     print(
-        f"record vs reference, W={w}, flush_every={flush_every}: "
+        f"record vs reference, W={w}, repeats within batches={repeats}: "
         f"max |ΔE| = {err_e:.3g}, max |ΔH| = {err_h:.3g}"
     )
     # the never-seen instances kept the uninformed values

@@ -667,8 +667,11 @@ class CountingGenerator:
         self.rng = np.random.default_rng(seed)
         self.exponential_calls = 0
 
-    def random(self, *args, **kwargs):
-        return self.rng.random(*args, **kwargs)
+    def standard_exponential(self, *args, **kwargs):
+        return self.rng.standard_exponential(*args, **kwargs)
+
+    def permutation(self, *args, **kwargs):
+        return self.rng.permutation(*args, **kwargs)
 
     def exponential(self, *args, **kwargs):
         self.exponential_calls += 1
