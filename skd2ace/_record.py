@@ -19,12 +19,19 @@ class TrainingRecord:
     For every training instance ``i`` and label ``j`` the record keeps the newest
     predicted probability, the flip EMA ``f_ij``, the latest elementwise loss and a
     ring of the last ``W − 1`` absolute probability changes (quantised to
-    1/65535). :meth:`update` applies a training batch at once, vectorised over its
-    rows (a handful of fancy-indexed numpy operations on ``B × q`` values: the
-    working set stays in cache). The two metrics ``E`` (uncertainty) and ``H``
-    (hardness) of METHOD.md §2 are computed from this state when read, with the
-    functional core (:func:`skd2ace.selection.combine_uncertainty`,
-    :func:`~skd2ace.selection.hardness`), in contiguous passes over all instances.
+    1/65535). The two metrics ``E`` (uncertainty) and ``H`` (hardness) of
+    METHOD.md §2 are computed from this state when read, with the functional core
+    (:func:`skd2ace.selection.combine_uncertainty`,
+    :func:`~skd2ace.selection.hardness`), block by block into two buffers that the
+    next read overwrites.
+
+    :meth:`update` only queues a batch (a list append: training batches stay
+    cheap); queued batches are applied when the metrics are read, when
+    :meth:`flush` is called, or when the queue holds ``flush_every`` elements.
+    Applying them is vectorised in rounds: every instance's first occurrence in the
+    queue, then every second one, and so on (training order per instance, so the
+    result is that of recording batch by batch), each round sorted by instance so
+    that the cold state arrays are swept in address order.
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
     ``E = 1 − λ`` and ``H = 0.5``. A non-finite prediction (a transiently
@@ -32,8 +39,9 @@ class TrainingRecord:
 
     The state lives in host memory as numpy arrays: it is what the numpy
     selection reads every epoch, and it leaves GPU memory to the model.
-    Memory: ``12 + 2·(W − 1)`` bytes per (instance, label) (20 at ``W = 5``) plus
-    4 bytes per instance.
+    Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``: 20 of
+    state, 8 of metric buffers) plus 4 bytes per instance, and the queue (at most
+    ``flush_every`` elements).
 
     Parameters
     ----------
@@ -44,6 +52,8 @@ class TrainingRecord:
         ``α`` of the flip EMA.
     lam : float, default=0.5
         ``λ``, weight of the fluctuation term in ``E``.
+    flush_every : int, default=2**21
+        Queue size (instances × labels) that triggers applying the queue.
 
     Examples
     --------
@@ -63,9 +73,11 @@ class TrainingRecord:
         history_size: int = 5,
         flip_decay: float = 0.7,
         lam: float = 0.5,
+        flush_every: int = 2**21,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
+        self.flush_every = flush_every
         shape = (n_samples, n_labels)
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
@@ -76,62 +88,92 @@ class TrainingRecord:
         # changes[k mod (W − 1), i], so a window sum adds W − 1 contiguous slices.
         self.slots = max(history_size - 1, 1)
         self.changes = np.zeros((self.slots, n_samples, n_labels), dtype=np.uint16)
+        # E and H are written here, block by block, at every read.
+        self._uncertainty = np.empty(shape, dtype=np.float32)
+        self._hardness = np.empty(shape, dtype=np.float32)
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._queued = 0
 
     @property
     def uncertainty(self) -> np.ndarray:
-        """``E`` (N, q), float32."""
+        """``E`` (N, q), float32, everything recorded so far included."""
+        self.flush()
+        out = self._uncertainty
         pairs = np.clip(self.seen - 1, 1, self.slots).astype(np.float32)
         scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
-        window = self.changes.sum(axis=0, dtype=np.int32)
-        fluctuation = np.multiply(window, scale, dtype=np.float32)
-        return selection.combine_uncertainty(fluctuation, self.last, self.lam)
+        for rows in selection._row_blocks(self.n_samples, self.n_labels):
+            window = self.changes[0, rows].astype(np.int32)
+            for slot in range(1, self.slots):
+                window += self.changes[slot, rows]
+            fluctuation = np.multiply(window, scale[rows], dtype=np.float32)
+            out[rows] = selection.combine_uncertainty(fluctuation, self.last[rows], self.lam)
+        return out
 
     @property
     def hardness(self) -> np.ndarray:
-        """``H`` (N, q), float32."""
-        return selection.hardness(self.loss, self.flip)
+        """``H`` (N, q), float32, everything recorded so far included."""
+        self.flush()
+        out = self._hardness
+        for rows in selection._row_blocks(self.n_samples, self.n_labels):
+            out[rows] = selection.hardness(self.loss[rows], self.flip[rows])
+        return out
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the record's state."""
-        return sum(a.nbytes for a in (self.seen, self.last, self.flip, self.loss, self.changes))
+        """Bytes held by the record's state and metric buffers (the queue excluded)."""
+        arrays = (self.seen, self.last, self.flip, self.loss, self.changes)
+        return sum(a.nbytes for a in (*arrays, self._uncertainty, self._hardness))
 
-    def update(self, idx, proba, loss, *, distinct: bool = False) -> None:
-        """Record one training batch.
+    def update(self, idx, proba, loss) -> None:
+        """Queue one training batch.
 
         Parameters
         ----------
         idx : array-like of shape (B,)
-            Row indices (into the training set) of the batch.
+            Row indices (into the training set) of the batch. An instance repeated
+            within the batch gets its rows in order, as consecutive predictions.
         proba : array-like of shape (B, q)
             Predicted probabilities of the training forward pass.
         loss : array-like of shape (B, q)
             Elementwise loss of the same pass.
-        distinct : bool, default=False
-            The caller guarantees that ``idx`` holds no repeats (the batch
-            sampler's batches), which skips checking it. An instance repeated
-            within a batch gets its rows in order, as consecutive predictions.
         """
         idx = np.asarray(idx, dtype=np.intp)
         if idx.size == 0:
             return
-        proba = np.asarray(proba, dtype=np.float32)
-        loss = np.asarray(loss, dtype=np.float32)
-        if distinct or idx.size == 1:
-            self._apply(idx, proba, loss)
+        self._queue.append(
+            (idx, np.asarray(proba, dtype=np.float32), np.asarray(loss, dtype=np.float32))
+        )
+        self._queued += idx.size * self.n_labels
+        if self._queued >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Apply the queued batches, in training order."""
+        if not self._queue:
             return
+        idx = np.concatenate([item[0] for item in self._queue])
+        proba = np.concatenate([item[1] for item in self._queue])
+        loss = np.concatenate([item[2] for item in self._queue])
+        self._queue, self._queued = [], 0
+
+        # Sorted by instance (stable: training order within an instance), the
+        # gathers and scatters below sweep the state in address order: after a
+        # training step it is out of cache, and random rows cost a miss each.
         order = np.argsort(idx, kind="stable")
-        ranked = idx[order]
-        new_group = np.r_[True, ranked[1:] != ranked[:-1]]
-        if new_group.all():
-            self._apply(idx, proba, loss)
+        inst = idx[order]
+        new = np.empty(inst.size, dtype=bool)
+        new[0] = True
+        np.not_equal(inst[1:], inst[:-1], out=new[1:])
+        if new.all():
+            self._apply(inst, proba[order], loss[order])
             return
-        # One round per occurrence rank: the repeats of an instance go in row order.
-        starts = np.flatnonzero(new_group)
-        rank = np.empty(idx.size, dtype=np.intp)
-        rank[order] = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
-        for r in range(rank.max() + 1):
-            take = np.flatnonzero(rank == r)
+        # Round r applies every instance's r-th occurrence in the queue.
+        starts = np.flatnonzero(new)
+        rank = np.arange(inst.size) - np.repeat(starts, np.diff(np.append(starts, inst.size)))
+        rows = order[np.argsort(rank, kind="stable")]
+        bounds = np.cumsum(np.bincount(rank))
+        for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
+            take = rows[lo:hi]
             self._apply(idx[take], proba[take], loss[take])
 
     def _apply(self, inst: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:

@@ -199,8 +199,7 @@ class D2ACEBatchSampler(Sampler):
         """
         if self.record_ is None:
             return
-        # The planned batches never repeat an instance.
-        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss), distinct=True)
+        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss))
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""

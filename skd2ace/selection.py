@@ -150,10 +150,15 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
     array([1.    , 1.6487])
     """
     m = _floats(metric)
-    mean = m.mean(axis=0, dtype=np.float64)
-    # One pass for both moments, accumulated in float64 (float32 input stays float32
-    # in memory: no N×q float64 copy).
-    var = np.maximum(np.einsum("ij,ij->j", m, m, dtype=np.float64) / m.shape[0] - mean**2, 0)
+    n, q = m.shape
+    total, squares = np.zeros(q), np.zeros(q)
+    for rows in _row_blocks(n, q):  # float64 sums, one cache-sized copy at a time
+        block = m[rows].astype(np.float64)
+        total += block.sum(axis=0)
+        block *= block
+        squares += block.sum(axis=0)
+    mean = total / n
+    var = np.maximum(squares / n - mean**2, 0.0)
     return np.exp(a * mean + b * np.sqrt(var))
 
 
@@ -212,9 +217,15 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     array([[0.519, 0.481],
            [0.481, 0.519]])
     """
-    masked = _masked(_floats(metric), Y)
-    gram = masked.T @ masked
-    gram = np.asarray(gram.toarray() if sp.issparse(gram) else gram, dtype=np.float64)
+    m = _floats(metric)
+    n, q = m.shape
+    Y = _labels(Y)
+    dense = n * q * q <= DENSE_WORK
+    gram = np.zeros((q, q))
+    for rows in _row_blocks(n, q):
+        masked = _masked(m[rows], Y[rows], dense)
+        block = masked.T @ masked
+        gram += block.toarray() if sp.issparse(block) else block
     norms = np.sqrt(np.maximum(np.diag(gram), 0.0)) + eps
     corr = gram / norms[:, None] / norms[None, :]
     return corr / (corr.sum(axis=1, keepdims=True) + eps)
@@ -254,14 +265,22 @@ def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: 
     array([2.    , 1.2037])
     """
     m = _floats(metric)
+    n, q = m.shape
     v = np.asarray(weights, dtype=m.dtype)
-    base = m @ v
-    boost = _masked(m * v, Y) @ np.asarray(correlation, dtype=m.dtype)
-    if sp.issparse(Z):
-        extra = np.asarray(Z.multiply(boost).sum(axis=1)).ravel()
-    else:
-        extra = np.einsum("ij,ij->i", boost, np.asarray(Z), dtype=m.dtype, casting="unsafe")
-    return (base + extra).astype(np.float64)
+    C = np.asarray(correlation, dtype=m.dtype)
+    Y, Z = _labels(Y), _labels(Z)
+    dense = n * q * q <= DENSE_WORK
+    scores = np.empty(n)
+    for rows in _row_blocks(n, q):
+        block = m[rows]
+        boost = _masked(block * v, Y[rows], dense) @ C
+        context = Z[rows]
+        if sp.issparse(context):
+            extra = np.asarray(context.multiply(boost).sum(axis=1)).ravel()
+        else:
+            extra = np.einsum("ij,ij->i", boost, context, dtype=m.dtype, casting="unsafe")
+        scores[rows] = block @ v + extra
+    return scores
 
 
 def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
@@ -521,17 +540,30 @@ def _dense_labels(Y) -> np.ndarray:
 # Up to this many N·q² multiply-adds the dense masked products are cheaper than
 # building sparse matrices (yeast, emotions, enron, cal500 stay dense).
 DENSE_WORK = 2**24
+# Row blocks of about this many entries: the N × q temporaries of the correlation
+# terms stay cache-sized and are reused by the allocator, where whole-matrix
+# temporaries each cost fresh pages (page faults cost more than the arithmetic).
+_BLOCK_ENTRIES = 2**18
 
 
-def _masked(m: np.ndarray, Y):
-    """``m ⊙ Y``: a dense array for small problems, else a CSR matrix built from the
+def _row_blocks(n: int, q: int) -> list[slice]:
+    rows = max(1, _BLOCK_ENTRIES // max(q, 1))
+    return [slice(start, min(n, start + rows)) for start in range(0, n, rows)]
+
+
+def _labels(Y):
+    """``Y`` as something whose row slices are cheap: CSR or an ndarray."""
+    return sp.csr_matrix(Y) if sp.issparse(Y) else np.asarray(Y)
+
+
+def _masked(m: np.ndarray, Y, dense: bool):
+    """``m ⊙ Y``: a dense array (small problems), else a CSR matrix built from the
     positive entries of ``Y`` only."""
     n, q = m.shape
-    if n * q * q <= DENSE_WORK:
-        labels = Y.toarray() if sp.issparse(Y) else np.asarray(Y)
+    if dense:
+        labels = Y.toarray() if sp.issparse(Y) else Y
         return m * (labels != 0)
     if sp.issparse(Y):
-        Y = sp.csr_matrix(Y)
         if Y.has_canonical_format and Y.data.all():
             rows = np.repeat(np.arange(n), np.diff(Y.indptr))
             return sp.csr_matrix((m[rows, Y.indices], Y.indices, Y.indptr), shape=(n, q))
@@ -539,5 +571,5 @@ def _masked(m: np.ndarray, Y):
         keep = coo.data != 0
         rows, cols = coo.row[keep], coo.col[keep]
     else:
-        rows, cols = np.nonzero(np.asarray(Y))
+        rows, cols = np.nonzero(Y)
     return sp.csr_matrix((m[rows, cols], (rows, cols)), shape=(n, q))

@@ -50,6 +50,7 @@ def test_recorded_losses_belong_to_batch_rows(num_workers):
     )
     net.fit(X, Y)
     record = sampler.record_
+    record.flush()  # the last epoch's batches are still queued
     proba = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
     bce = np.logaddexp(0.0, logits) - Y * logits
     # Each row's own constant prediction was recorded for it, never another row's.

@@ -55,9 +55,7 @@ def feed(
         proba = random_proba(rng, batch, q)
         loss = rng.exponential(size=(batch, q)) * (rng.random((batch, q)) < 0.9)
         dtype = [np.float32, np.float64][int(rng.integers(2))]
-        # distinct=True (what the sampler passes) skips the repeat check
-        distinct = not repeats and bool(rng.integers(2))
-        record.update(idx, proba.astype(dtype), loss.astype(dtype), distinct=distinct)
+        record.update(idx, proba.astype(dtype), loss.astype(dtype))
         reference.update(idx, proba.astype(dtype), loss.astype(dtype))
         counts[idx] += 1
         if rng.random() < checkpoint_prob or counts.min() >= min_updates:
@@ -83,17 +81,20 @@ def compare(record, reference, lam):
 
 
 @pytest.mark.parametrize("w", [2, 3, 5])
-@pytest.mark.parametrize("repeats", [False, True])
-def test_record_matches_reference(w, repeats):
-    # repeats: instances repeated within a batch are recorded in row order
+@pytest.mark.parametrize(("repeats", "flush_every"), [(False, None), (False, 7), (True, None)])
+def test_record_matches_reference(w, repeats, flush_every):
+    # repeats: instances repeated within a batch are recorded in row order;
+    # flush_every=7 applies the queue every other batch or so.
     rng = np.random.default_rng(100 + w)
     n, q, batch, never = 14, 3, 5, 2
-    record = make_record(n, q, w)
+    kwargs = {} if flush_every is None else {"flush_every": flush_every}
+    record = make_record(n, q, w, **kwargs)
     reference = ref.Recorder(n, q, w, alpha=0.7)
     err_e, err_h = feed(record, reference, rng, n - never, batch, q, 200, 0.02, 0.5, repeats)
-    MAX_ERRORS[f"W={w} repeats={repeats}"] = max(err_e, err_h)
+    MAX_ERRORS[f"W={w} repeats={repeats} flush_every={flush_every}"] = max(err_e, err_h)
     print(
-        f"record vs reference, W={w}, repeats within batches={repeats}: "
+        f"record vs reference, W={w}, repeats within batches={repeats}, "
+        f"flush_every={flush_every}: "
         f"max |ΔE| = {err_e:.3g}, max |ΔH| = {err_h:.3g}"
     )
     # the never-seen instances kept the uninformed values
