@@ -8,6 +8,7 @@ import numbers
 import sys
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -806,7 +807,14 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         k = min(self.n_neighbors, X_train.shape[0] - 1)
         if k <= 0:
             return None
-        return nearest_neighbors(X_train, k, random_state=self._torch_seed)
+        # The search runs in a background thread (BLAS and torch release the GIL)
+        # while the warm-up epochs train; the sampler waits for it when the
+        # warm-up ends. Its result does not depend on timing.
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
+        try:
+            return executor.submit(nearest_neighbors, X_train, k, random_state=self._torch_seed)
+        finally:
+            executor.shutdown(wait=False)
 
     def _module_params(self, module, n_features):
         kwargs = dict(self.module_kwargs or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -52,7 +53,7 @@ class TrainingRecord:
         ``α`` of the flip EMA.
     lam : float, default=0.5
         ``λ``, weight of the fluctuation term in ``E``.
-    flush_every : int, default=2**21
+    flush_every : int, default=2**18
         Queue size (instances × labels) that triggers applying the queue.
 
     Examples
@@ -73,7 +74,7 @@ class TrainingRecord:
         history_size: int = 5,
         flip_decay: float = 0.7,
         lam: float = 0.5,
-        flush_every: int = 2**21,
+        flush_every: int = 2**18,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
@@ -91,8 +92,10 @@ class TrainingRecord:
         # E and H are written here, block by block, at every read.
         self._uncertainty = np.empty(shape, dtype=np.float32)
         self._hardness = np.empty(shape, dtype=np.float32)
-        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._queued = 0
+        # Batches are copied into a preallocated queue and applied with preallocated
+        # scratch arrays: fresh multi-megabyte temporaries would cost page faults.
+        self._filled = 0
+        self._work: dict[str, np.ndarray] = {}
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -137,75 +140,112 @@ class TrainingRecord:
         loss : array-like of shape (B, q)
             Elementwise loss of the same pass.
         """
-        idx = np.asarray(idx, dtype=np.intp)
-        if idx.size == 0:
+        idx = np.asarray(idx, dtype=np.intp).ravel()
+        rows = idx.size
+        if rows == 0:
             return
-        self._queue.append(
-            (idx, np.asarray(proba, dtype=np.float32), np.asarray(loss, dtype=np.float32))
-        )
-        self._queued += idx.size * self.n_labels
-        if self._queued >= self.flush_every:
+        capacity = max(1, self.flush_every // max(self.n_labels, 1), rows)
+        if self._filled + rows > capacity:
             self.flush()
+        queue = self._scratch(capacity)
+        end = self._filled + rows
+        queue["idx"][self._filled : end] = idx
+        queue["proba"][self._filled : end] = proba
+        queue["loss"][self._filled : end] = loss
+        self._filled = end
 
     def flush(self) -> None:
         """Apply the queued batches, in training order."""
-        if not self._queue:
+        n = self._filled
+        if n == 0:
             return
-        idx = np.concatenate([item[0] for item in self._queue])
-        proba = np.concatenate([item[1] for item in self._queue])
-        loss = np.concatenate([item[2] for item in self._queue])
-        self._queue, self._queued = [], 0
-
+        self._filled = 0
+        work = self._work
+        idx = work["idx"][:n]
         # Sorted by instance (stable: training order within an instance), the
         # gathers and scatters below sweep the state in address order: after a
         # training step it is out of cache, and random rows cost a miss each.
         order = np.argsort(idx, kind="stable")
         inst = idx[order]
-        new = np.empty(inst.size, dtype=bool)
+        new = np.empty(n, dtype=bool)
         new[0] = True
         np.not_equal(inst[1:], inst[:-1], out=new[1:])
         if new.all():
-            self._apply(inst, proba[order], loss[order])
-            return
-        # Round r applies every instance's r-th occurrence in the queue.
-        starts = np.flatnonzero(new)
-        rank = np.arange(inst.size) - np.repeat(starts, np.diff(np.append(starts, inst.size)))
-        rows = order[np.argsort(rank, kind="stable")]
-        bounds = np.cumsum(np.bincount(rank))
-        for lo, hi in zip(np.r_[0, bounds[:-1]], bounds, strict=True):
-            take = rows[lo:hi]
-            self._apply(idx[take], proba[take], loss[take])
+            bounds = [0, n]
+        else:
+            # Round r applies every instance's r-th occurrence in the queue.
+            starts = np.flatnonzero(new)
+            rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+            order = order[np.argsort(rank, kind="stable")]
+            inst = idx[order]
+            bounds = [0, *np.cumsum(np.bincount(rank)).tolist()]
+        proba = np.take(work["proba"][:n], order, axis=0, out=work["p"][:n])
+        loss = np.take(work["loss"][:n], order, axis=0, out=work["l"][:n])
+        for lo, hi in itertools.pairwise(bounds):
+            self._apply(inst[lo:hi], proba[lo:hi], loss[lo:hi])
 
     def _apply(self, inst: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:
-        """Record one prediction per instance (``inst`` distinct)."""
+        """Record one prediction per instance (``inst`` distinct); ``proba`` and
+        ``loss`` are scratch rows, modified in place."""
+        m = inst.size
+        work = self._work
         seen = self.seen[inst]
-        previous = self.last[inst]
-        finite = np.isfinite(proba)
+        previous = np.take(self.last, inst, axis=0, out=work["previous"][:m])
+        finite = np.isfinite(proba, out=work["mask"][:m])
         if not finite.all():
-            proba = np.where(finite, proba, previous)
-        change = np.abs(proba - previous)
+            np.copyto(proba, previous, where=~finite)
+        change = np.subtract(proba, previous, out=work["change"][:m])
+        np.abs(change, out=change)
         fresh = seen.min() == 0
         if fresh:  # a first prediction has no predecessor: no change, no flip
             change[seen == 0] = 0.0
 
         # f ← α·c + (1 − α)·f, written as (1 − α)(f − c) + c: no temporary.
-        flip = self.flip[inst]
+        flip = np.take(self.flip, inst, axis=0, out=previous)
         flip -= change
         flip *= np.float32(1.0 - self.flip_decay)
         flip += change
         self.flip[inst] = flip
         self.last[inst] = proba
-        lost = np.isnan(loss)
-        self.loss[inst] = np.where(lost, self.loss[inst], loss) if lost.any() else loss
+        lost = np.isnan(loss, out=work["mask"][:m])
+        if lost.any():
+            np.copyto(loss, self.loss[inst], where=lost)
+        self.loss[inst] = loss
 
         change *= np.float32(_CHANGE_SCALE)
         change += np.float32(0.5)  # round half up: change ≥ 0
-        quantised = change.astype(np.uint16)
-        slot = seen - 1
-        slot %= self.slots
+        quantised = work["quantised"][:m]
+        np.copyto(quantised, change, casting="unsafe")
+        # Row (slot · N + i) of the ring holds instance i's change in that slot.
+        ring = self.changes.reshape(-1, self.n_labels)
+        rows = (seen - 1) % self.slots * self.n_samples + inst
         if fresh:
             later = seen > 0
-            self.changes[slot[later], inst[later]] = quantised[later]
+            ring[rows[later]] = quantised[later]
         else:
-            self.changes[slot, inst] = quantised
+            ring[rows] = quantised
         self.seen[inst] = seen + 1
+
+    def _scratch(self, rows: int) -> dict[str, np.ndarray]:
+        """The queue and scratch arrays, grown to hold ``rows`` rows."""
+        work = self._work
+        if "idx" not in work or work["idx"].size < rows:
+            q = self.n_labels
+            old_rows = self._filled
+            new = {"idx": np.empty(rows, dtype=np.intp)}
+            for name in ("proba", "loss", "p", "l", "previous", "change"):
+                new[name] = np.empty((rows, q), dtype=np.float32)
+            new["mask"] = np.empty((rows, q), dtype=bool)
+            new["quantised"] = np.empty((rows, q), dtype=np.uint16)
+            for name in ("idx", "proba", "loss"):  # keep what is queued
+                if name in work:
+                    new[name][:old_rows] = work[name][:old_rows]
+            self._work = work = new
+        return work
+
+    def __getstate__(self):
+        # Pickles hold the state, not the queue and scratch arrays (megabytes).
+        self.flush()
+        state = self.__dict__.copy()
+        state["_work"] = {}
+        return state

@@ -43,8 +43,11 @@ class D2ACEBatchSampler(Sampler):
     warmup_epochs, ramp_end : int or None
         ``e_w`` and ``e_m`` (METHOD.md §6–7); None gives ``round(0.1·T)`` and
         ``round(0.7·T)``.
-    neighbors : ndarray of shape (N, k) or None
+    neighbors : ndarray of shape (N, k), Future of one, or None
         Nearest other instances of each instance, for the local label context.
+        A :class:`concurrent.futures.Future` (a search running in a background
+        thread) is waited for at the end of the warm-up, when the context is
+        first needed.
     label_context : {'local', 'global', 'none'}, default='local'
         ``Z`` from the neighbours, ``Z ≡ 1``, or no correlation enhancement.
     history_size, flip_decay, fluctuation_weight, weight_mean, weight_std,
@@ -129,14 +132,20 @@ class D2ACEBatchSampler(Sampler):
         self.epoch_info_: dict = {}
         self.record_ = None
         self.context_ = None
+        self._pending_neighbors = None
         if strategy == "d2ace":
             self.record_ = TrainingRecord(
                 self.n_samples, self.n_labels, history_size, flip_decay, fluctuation_weight
             )
             if label_context == "local":
-                empty = np.empty((self.n_samples, 0), dtype=np.intp)
-                nbrs = empty if neighbors is None else neighbors
-                self.context_ = selection.local_label_context(self.labels, nbrs)
+                if neighbors is None:
+                    neighbors = np.empty((self.n_samples, 0), dtype=np.intp)
+                if hasattr(neighbors, "result"):
+                    # Still being searched (a Future): the context is first needed
+                    # when the warm-up ends.
+                    self._pending_neighbors = neighbors
+                else:
+                    self.context_ = selection.local_label_context(self.labels, neighbors)
             elif label_context == "global":
                 self.context_ = np.ones((self.n_samples, self.n_labels), dtype=np.int8)
 
@@ -171,6 +180,7 @@ class D2ACEBatchSampler(Sampler):
             info["selection_ess"] = 1.0
             batches = self._shuffled()
         else:
+            self._resolve_context()
             P, extra = selection.d2ace_distribution(
                 self.record_.uncertainty,
                 self.record_.hardness,
@@ -205,7 +215,23 @@ class D2ACEBatchSampler(Sampler):
         """Drop the recorded state (O(N·q) memory) once training is over."""
         self.record_ = None
         self.context_ = None
+        self._pending_neighbors = None
         self.labels = None
+
+    def _resolve_context(self) -> None:
+        """Wait for a neighbour search still running in the background, if any."""
+        if self._pending_neighbors is not None:
+            neighbors = self._pending_neighbors.result()  # re-raises the search's error
+            self._pending_neighbors = None
+            self.context_ = selection.local_label_context(self.labels, neighbors)
+
+    def __getstate__(self):
+        # A Future does not pickle: wait for its neighbours.
+        if self._pending_neighbors is not None and self.labels is not None:
+            self._resolve_context()
+        state = self.__dict__.copy()
+        state["_pending_neighbors"] = None
+        return state
 
     def _weights(self, metric: np.ndarray) -> list[float]:
         if not self.dynamic_weights:

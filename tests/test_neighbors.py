@@ -64,3 +64,49 @@ def test_drop_self_keeps_k_other_indices():
 def test_k_out_of_range():
     with pytest.raises(ValueError, match="k must be in"):
         nearest_neighbors(np.zeros((3, 2)), 3)
+
+
+def _small_problem():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 5)).astype(np.float32)
+    Y = (rng.random((80, 3)) < 0.4).astype(int)
+    return X, Y
+
+
+def test_background_search_error_surfaces_in_fit(monkeypatch):
+    import skd2ace._classifier as module
+    from skd2ace import D2ACEMultiLabelClassifier
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the neighbours")
+
+    monkeypatch.setattr(module, "nearest_neighbors", broken)
+    X, Y = _small_problem()
+    clf = D2ACEMultiLabelClassifier(max_epochs=3, warmup_epochs=1, random_state=0)
+    with pytest.raises(MemoryError, match="no room"):
+        clf.fit(X, Y)
+
+
+def test_background_search_gives_the_synchronous_context():
+    import pickle
+
+    from skd2ace import D2ACEMultiLabelClassifier
+
+    X, Y = _small_problem()
+    clf = D2ACEMultiLabelClassifier(
+        max_epochs=4, warmup_epochs=2, warm_start=True, random_state=0
+    ).fit(X, Y)
+    sampler = clf.net_.batch_sampler
+    assert sampler._pending_neighbors is None  # waited for when the warm-up ended
+    from skd2ace.selection import local_label_context
+
+    train = clf._train_idx
+    expected = local_label_context(Y[train], nearest_neighbors(X[train], clf.n_neighbors))
+    np.testing.assert_array_equal(sampler.context_, expected)
+
+    # A sampler still waiting for its neighbours pickles (it waits for them first).
+    fresh = D2ACEMultiLabelClassifier(max_epochs=4, warmup_epochs=2, random_state=0)
+    fresh.initialize(X, Y)
+    pending = fresh.net_.batch_sampler
+    restored = pickle.loads(pickle.dumps(pending))
+    np.testing.assert_array_equal(restored.context_, expected)
