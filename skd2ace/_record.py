@@ -181,22 +181,36 @@ class TrainingRecord:
             bounds = [0, *np.cumsum(np.bincount(rank)).tolist()]
         proba = np.take(work["proba"][:n], order, axis=0, out=work["p"][:n])
         loss = np.take(work["loss"][:n], order, axis=0, out=work["l"][:n])
-        for lo, hi in itertools.pairwise(bounds):
-            self._apply(inst[lo:hi], proba[lo:hi], loss[lo:hi])
+        # Checked once for the whole queue; rounds only repair when needed.
+        checks = {"repair": not np.isfinite(proba).all(), "lost": np.isnan(loss).any()}
+        for r, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            # Only the first round can hold an instance's first prediction.
+            self._apply(inst[lo:hi], proba[lo:hi], loss[lo:hi], first=r == 0, **checks)
 
-    def _apply(self, inst: np.ndarray, proba: np.ndarray, loss: np.ndarray) -> None:
+    def _apply(
+        self,
+        inst: np.ndarray,
+        proba: np.ndarray,
+        loss: np.ndarray,
+        first: bool = True,
+        repair: bool = True,
+        lost: bool = True,
+    ) -> None:
         """Record one prediction per instance (``inst`` distinct); ``proba`` and
-        ``loss`` are scratch rows, modified in place."""
+        ``loss`` are scratch rows, modified in place. ``first``, ``repair`` and
+        ``lost``: whether first predictions, non-finite probabilities and NaN
+        losses may occur."""
         m = inst.size
         work = self._work
         seen = self.seen[inst]
         previous = np.take(self.last, inst, axis=0, out=work["previous"][:m])
-        finite = np.isfinite(proba, out=work["mask"][:m])
-        if not finite.all():
-            np.copyto(proba, previous, where=~finite)
+        if repair:
+            bad = np.isfinite(proba, out=work["mask"][:m])
+            np.logical_not(bad, out=bad)
+            np.copyto(proba, previous, where=bad)
         change = np.subtract(proba, previous, out=work["change"][:m])
         np.abs(change, out=change)
-        fresh = seen.min() == 0
+        fresh = first and seen.min() == 0
         if fresh:  # a first prediction has no predecessor: no change, no flip
             change[seen == 0] = 0.0
 
@@ -207,9 +221,8 @@ class TrainingRecord:
         flip += change
         self.flip[inst] = flip
         self.last[inst] = proba
-        lost = np.isnan(loss, out=work["mask"][:m])
-        if lost.any():
-            np.copyto(loss, self.loss[inst], where=lost)
+        if lost:
+            np.copyto(loss, self.loss[inst], where=np.isnan(loss, out=work["mask"][:m]))
         self.loss[inst] = loss
 
         change *= np.float32(_CHANGE_SCALE)

@@ -152,11 +152,13 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
     m = _floats(metric)
     n, q = m.shape
     total, squares = np.zeros(q), np.zeros(q)
+    ones = np.ones(min(n, _row_blocks(n, q)[0].stop))
     for rows in _row_blocks(n, q):  # float64 sums, one cache-sized copy at a time
         block = m[rows].astype(np.float64)
-        total += block.sum(axis=0)
+        # Column sums as BLAS products: numpy's axis-0 reductions loop over rows.
+        total += ones[: len(block)] @ block
         block *= block
-        squares += block.sum(axis=0)
+        squares += ones[: len(block)] @ block
     mean = total / n
     var = np.maximum(squares / n - mean**2, 0.0)
     return np.exp(a * mean + b * np.sqrt(var))
@@ -301,7 +303,8 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
     n = a.size
     if n == 0:
         return a
-    if not np.all(np.isfinite(a)):
+    low, high = a.min(), a.max()  # NaN or inf anywhere shows in one of them
+    if not (math.isfinite(low) and math.isfinite(high)):
         warnings.warn(
             "instance scores are not finite (has the model diverged?); "
             "using uniform sampling probabilities this epoch",
@@ -309,7 +312,6 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
             stacklevel=2,
         )
         return np.full(n, 1.0 / n)
-    low, high = a.min(), a.max()
     span = high - low
     if not np.isfinite(span):  # finite scores whose range overflows float64
         a_hat = (a / 2 - low / 2) / (high / 2 - low / 2)
