@@ -223,8 +223,10 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     n, q = m.shape
     Y = _labels(Y)
     dense = n * q * q <= DENSE_WORK
+    # The sparse M̃ holds only Y's positives (no N × q temporary): one product.
+    blocks = _row_blocks(n, q) if dense else [slice(0, n)]
     gram = np.zeros((q, q))
-    for rows in _row_blocks(n, q):
+    for rows in blocks:
         masked = _masked(m[rows], Y[rows], dense)
         block = masked.T @ masked
         gram += block.toarray() if sp.issparse(block) else block
