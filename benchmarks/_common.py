@@ -51,12 +51,17 @@ def load(name: str):
     return MinMaxScaler().fit_transform(X).astype(np.float32), data.Y
 
 
-def timed(fn, repeats: int) -> list[float]:
+def timed(fn, repeats: int, cpu: list[float] | None = None) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls; with ``cpu``, also appends the
+    process CPU seconds of each call (all threads: the background neighbour search
+    included)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return times
 
 
