@@ -8,7 +8,6 @@ import numbers
 import sys
 import warnings
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,7 +24,7 @@ from ._data import IndexedDataset
 from ._net import SELECTION_KEYS, D2ACENet, sigmoid
 from .metrics import macro_auc
 from .modules import MLP
-from .neighbors import nearest_neighbors
+from .neighbors import nearest_neighbors_in_background
 from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS, D2ACEBatchSampler
 
 __all__ = ["D2ACEMultiLabelClassifier"]
@@ -807,14 +806,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         k = min(self.n_neighbors, X_train.shape[0] - 1)
         if k <= 0:
             return None
-        # The search runs in a background thread (BLAS and torch release the GIL)
-        # while the warm-up epochs train; the sampler waits for it when the
-        # warm-up ends. Its result does not depend on timing.
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
-        try:
-            return executor.submit(nearest_neighbors, X_train, k, random_state=self._torch_seed)
-        finally:
-            executor.shutdown(wait=False)
+        # Searched while the warm-up epochs train; the sampler waits for the
+        # result when the warm-up ends.
+        return nearest_neighbors_in_background(X_train, k, random_state=self._torch_seed)
 
     def _module_params(self, module, n_features):
         kwargs = dict(self.module_kwargs or {})

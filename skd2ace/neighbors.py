@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
-__all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors"]
+__all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors", "nearest_neighbors_in_background"]
 
 #: Up to this many instances the search is exact...
 EXACT_MAX_SAMPLES = 20000
@@ -89,6 +92,36 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
             found = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[members])[1]
             neighbors[members] = _drop_self(found, members, k)
     return neighbors
+
+
+def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
+    """:func:`nearest_neighbors` in a background thread; returns its Future.
+
+    The search's BLAS and OpenMP kernels and torch's top-k release the GIL, so it
+    runs while the caller trains. Its OpenMP kernels (scikit-learn's) are limited
+    to the cores torch leaves free, at least one: an OpenMP team spinning on the
+    core that trains slowed both by 2–3× on a 2-core machine. The result does not
+    depend on timing.
+
+    Examples
+    --------
+    >>> X = np.array([[0.0], [1.0], [3.0], [7.0]])
+    >>> nearest_neighbors_in_background(X, 1).result().ravel().tolist()
+    [1, 0, 1, 2]
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    free = max(1, (cores or 1) - torch.get_num_threads())
+
+    def search():
+        # threadpoolctl's OpenMP limit is per calling thread: the trainer keeps its own.
+        with threadpool_limits(limits=free, user_api="openmp"):
+            return nearest_neighbors(X, k, random_state=random_state)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
+    try:
+        return executor.submit(search)
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _search(X, k: int) -> np.ndarray:

@@ -74,7 +74,7 @@ def _small_problem():
 
 
 def test_background_search_error_surfaces_in_fit(monkeypatch):
-    import skd2ace._classifier as module
+    import skd2ace.neighbors as module
     from skd2ace import D2ACEMultiLabelClassifier
 
     def broken(*args, **kwargs):
@@ -110,3 +110,31 @@ def test_background_search_gives_the_synchronous_context():
     pending = fresh.net_.batch_sampler
     restored = pickle.loads(pickle.dumps(pending))
     np.testing.assert_array_equal(restored.context_, expected)
+
+
+def test_background_search_limits_its_own_openmp_threads_only(monkeypatch):
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    import skd2ace.neighbors as module
+
+    def openmp_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+
+    seen = {}
+    original = module.nearest_neighbors
+
+    def spy(*args, **kwargs):
+        seen["threads"] = openmp_threads()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "nearest_neighbors", spy)
+    before = openmp_threads()
+    X = np.random.default_rng(0).random((50, 3))
+    got = module.nearest_neighbors_in_background(X, 4, random_state=0).result()
+    np.testing.assert_array_equal(got, original(X, 4))
+    free = max(1, len(os.sched_getaffinity(0)) - torch.get_num_threads())
+    assert before and seen["threads"] == [free] * len(before)  # inside: the free cores
+    assert openmp_threads() == before  # the calling thread keeps its own limit
