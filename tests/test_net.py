@@ -87,3 +87,43 @@ def test_history_gets_sampler_info_and_iterator_length():
     assert len(net.history[-1, "label_weights_hardness"]) == Y.shape[1]
     with pytest.raises(ValueError, match="batch sampler was built for 50"):
         net.partial_fit(X[:20], Y[:20])
+
+
+def test_modes_switch_between_training_and_validation_batches():
+    # The net switches train/eval mode only when it changes; every submodule must
+    # still be in the right mode for every batch, across epochs and validation.
+    from skorch.callbacks import Callback
+
+    from skd2ace import D2ACEMultiLabelClassifier
+
+    class Modes(Callback):
+        def initialize(self):
+            self.seen = []
+            return self
+
+        def on_batch_end(self, net, batch=None, training=None, **kwargs):
+            modules = [*net.module_.modules(), net.criterion_]
+            self.seen.append((training, {m.training for m in modules}))
+
+    modes = Modes()
+    X, Y, _ = bookkeeping_problem()
+    clf = D2ACEMultiLabelClassifier(
+        max_epochs=3, dropout=0.5, validation_fraction=0.2, callbacks=[modes], random_state=0
+    ).fit(X, Y)
+    assert {training for training, _ in modes.seen} == {True, False}
+    assert all(states == {training} for training, states in modes.seen)
+    # predictions run in eval mode: dropout off, so repeated calls agree
+    np.testing.assert_array_equal(clf.predict_proba(X), clf.predict_proba(X))
+
+
+def test_verbose_prints_one_row_per_epoch_and_silent_prints_nothing(capsys):
+    from skd2ace import D2ACEMultiLabelClassifier
+
+    X, Y, _ = bookkeeping_problem()
+    D2ACEMultiLabelClassifier(max_epochs=3, verbose=1, random_state=0).fit(X, Y)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert "train_loss" in out and "selection_ess" in out and len(rows) == 3
+    assert "label_weights" not in out  # per-label vectors stay out of the table
+    D2ACEMultiLabelClassifier(max_epochs=3, verbose=0, random_state=0).fit(X, Y)
+    assert capsys.readouterr().out == ""
