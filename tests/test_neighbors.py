@@ -138,3 +138,21 @@ def test_background_search_limits_its_own_openmp_threads_only(monkeypatch):
     free = max(1, len(os.sched_getaffinity(0)) - torch.get_num_threads())
     assert before and seen["threads"] == [free] * len(before)  # inside: the free cores
     assert openmp_threads() == before  # the calling thread keeps its own limit
+
+
+def test_dataloader_workers_with_the_background_search():
+    # Worker processes are forked while the neighbour search may still be running
+    # in its thread: training must neither hang nor lose the context.
+    from skd2ace import D2ACEMultiLabelClassifier
+    from skd2ace.selection import local_label_context
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 60)).astype(np.float32)  # ≥ 48 features: the GEMM path
+    Y = (rng.random((3000, 4)) < 0.3).astype(int)
+    clf = D2ACEMultiLabelClassifier(
+        max_epochs=3, warmup_epochs=1, num_workers=2, warm_start=True, random_state=0
+    ).fit(X, Y)
+    assert np.isfinite(clf.predict_proba(X[:50])).all()
+    train = clf._train_idx
+    expected = local_label_context(Y[train], nearest_neighbors(X[train], clf.n_neighbors))
+    np.testing.assert_array_equal(clf.net_.batch_sampler.context_, expected)
