@@ -145,6 +145,12 @@ class TrainingRecord:
         """
         idx = np.asarray(idx, dtype=np.intp).ravel()
         rows = idx.size
+        expected = (rows, self.n_labels)
+        if np.shape(proba) != expected or np.shape(loss) != expected:
+            raise ValueError(
+                f"a batch of {rows} rows needs probabilities and losses of shape {expected}, "
+                f"got {np.shape(proba)} and {np.shape(loss)}"
+            )
         if rows == 0:
             return
         capacity = max(1, self.flush_every // max(self.n_labels, 1), rows)

@@ -335,3 +335,12 @@ def test_sampler_release():
     assert sampler.record_ is None
     assert getattr(sampler, "context_", None) is None
     sampler.record(np.arange(3), np.zeros((3, Y.shape[1])), np.zeros((3, Y.shape[1])))
+
+
+def test_record_rejects_mismatched_batch_shapes():
+    record = TrainingRecord(5, 2)
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        record.update([0, 1, 2], np.zeros((1, 2)), np.zeros((3, 2)))  # would broadcast
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        record.update([0, 1], np.zeros((2, 2)), np.zeros((2, 3)))
+    np.testing.assert_array_equal(record.seen, 0)
