@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -94,14 +95,42 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     return neighbors
 
 
+# Searches still running in background threads, which a fork waits for.
+_RUNNING: set[Future] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _forget(future: Future) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(future)
+
+
+def _wait_for_searches() -> None:
+    """Before ``os.fork``: let background searches finish.
+
+    Forking while a search thread is inside BLAS or torch deadlocked the parent
+    (their fork handlers wait for thread pools in use), e.g. when a DataLoader
+    started its worker processes during the warm-up.
+    """
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for future in running:
+        future.exception()  # waits; the error, if any, is raised by the sampler
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_wait_for_searches)
+
+
 def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
     """:func:`nearest_neighbors` in a background thread; returns its Future.
 
     The search's BLAS and OpenMP kernels and torch's top-k release the GIL, so it
     runs while the caller trains. Its OpenMP kernels (scikit-learn's) are limited
     to the cores torch leaves free, at least one: an OpenMP team spinning on the
-    core that trains slowed both by 2–3× on a 2-core machine. The result does not
-    depend on timing.
+    core that trains slowed both by 2–3× on a 2-core machine. A fork of the process
+    (DataLoader worker processes) waits for running searches first. The result
+    does not depend on timing.
 
     Examples
     --------
@@ -119,7 +148,11 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
     try:
-        return executor.submit(search)
+        with _RUNNING_LOCK:
+            future = executor.submit(search)
+            _RUNNING.add(future)
+        future.add_done_callback(_forget)
+        return future
     finally:
         executor.shutdown(wait=False)
 
