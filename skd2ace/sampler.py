@@ -110,7 +110,7 @@ class D2ACEBatchSampler(Sampler):
             )
         self.labels = sp.csr_matrix((sp.csr_matrix(Y) != 0).astype(np.int8))
         self.n_samples, self.n_labels = self.labels.shape
-        if self.n_samples * self.n_labels**2 <= selection.DENSE_WORK:
+        if selection.dense_products(self.n_samples, self.n_labels):
             # Small problems take the dense masked products: keep Y dense (1 byte per
             # entry) rather than densifying it in every epoch.
             self.labels = self.labels.toarray()

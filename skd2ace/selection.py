@@ -152,7 +152,7 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
     m = _floats(metric)
     n, q = m.shape
     total, squares = np.zeros(q), np.zeros(q)
-    ones = np.ones(min(n, _row_blocks(n, q)[0].stop))
+    ones = np.ones(min(n, _block_rows(q)))
     for rows in _row_blocks(n, q):  # float64 sums, one cache-sized copy at a time
         block = m[rows].astype(np.float64)
         # Column sums as BLAS products: numpy's axis-0 reductions loop over rows.
@@ -222,7 +222,7 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
     m = _floats(metric)
     n, q = m.shape
     Y = _labels(Y)
-    dense = n * q * q <= DENSE_WORK
+    dense = dense_products(n, q)
     # The sparse M̃ holds only Y's positives (no N × q temporary): one product.
     blocks = _row_blocks(n, q) if dense else [slice(0, n)]
     gram = np.zeros((q, q))
@@ -273,7 +273,7 @@ def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: 
     v = np.asarray(weights, dtype=m.dtype)
     C = np.asarray(correlation, dtype=m.dtype)
     Y, Z = _labels(Y), _labels(Z)
-    dense = n * q * q <= DENSE_WORK
+    dense = dense_products(n, q)
     scores = np.empty(n)
     for rows in _row_blocks(n, q):
         block = m[rows]
@@ -448,7 +448,8 @@ def d2ace_distribution(
         if correlation:
             scores = instance_scores(metric, Y, Z, v, label_correlation(metric, Y))
         else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
-            scores = _floats(metric) @ v.astype(_floats(metric).dtype)
+            m = _floats(metric)
+            scores = m @ v.astype(m.dtype)
         pools.append(share * rank_probabilities(scores, pressure))
     P = np.sum(pools, axis=0)
     P /= P.sum()
@@ -550,8 +551,18 @@ DENSE_WORK = 2**24
 _BLOCK_ENTRIES = 2**18
 
 
+def dense_products(n: int, q: int) -> bool:
+    """Whether the correlation terms of an ``n × q`` problem use dense products
+    (``n·q² ≤ DENSE_WORK``) rather than sparse ones over the positives of ``Y``."""
+    return n * q * q <= DENSE_WORK
+
+
+def _block_rows(q: int) -> int:
+    return max(1, _BLOCK_ENTRIES // max(q, 1))
+
+
 def _row_blocks(n: int, q: int) -> list[slice]:
-    rows = max(1, _BLOCK_ENTRIES // max(q, 1))
+    rows = _block_rows(q)
     return [slice(start, min(n, start + rows)) for start in range(0, n, rows)]
 
 
