@@ -249,20 +249,19 @@ class TrainingRecord:
         self.seen[inst] = seen + 1
 
     def _scratch(self, rows: int) -> dict[str, np.ndarray]:
-        """The queue and scratch arrays, grown to hold ``rows`` rows."""
+        """The queue and scratch arrays, grown to hold ``rows`` rows.
+
+        Only called with an empty queue when growing: :meth:`update` flushes
+        before a batch that needs more room."""
         work = self._work
         if "idx" not in work or work["idx"].size < rows:
             q = self.n_labels
-            old_rows = self._filled
-            new = {"idx": np.empty(rows, dtype=np.intp)}
+            work = {"idx": np.empty(rows, dtype=np.intp)}
             for name in ("proba", "loss", "p", "l", "previous", "change"):
-                new[name] = np.empty((rows, q), dtype=np.float32)
-            new["mask"] = np.empty((rows, q), dtype=bool)
-            new["quantised"] = np.empty((rows, q), dtype=np.uint16)
-            for name in ("idx", "proba", "loss"):  # keep what is queued
-                if name in work:
-                    new[name][:old_rows] = work[name][:old_rows]
-            self._work = work = new
+                work[name] = np.empty((rows, q), dtype=np.float32)
+            work["mask"] = np.empty((rows, q), dtype=bool)
+            work["quantised"] = np.empty((rows, q), dtype=np.uint16)
+            self._work = work
         return work
 
     def __getstate__(self):

@@ -344,3 +344,22 @@ def test_record_rejects_mismatched_batch_shapes():
     with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
         record.update([0, 1], np.zeros((2, 2)), np.zeros((2, 3)))
     np.testing.assert_array_equal(record.seen, 0)
+
+
+@pytest.mark.parametrize("flush_every", [5, 40, 2**18])
+def test_record_mixed_batch_sizes_match_reference(flush_every):
+    # Batches of 1–14 rows (repeats allowed) against queues of 5, 40 and 2**18
+    # values: the queue grows or is applied early, and nothing queued is lost.
+    rng = np.random.default_rng(flush_every)
+    record = TrainingRecord(20, 3, 4, flush_every=flush_every)
+    reference = ref.Recorder(20, 3, 4)
+    counts = np.zeros(20, dtype=int)
+    for _ in range(300):
+        rows = int(rng.integers(1, 15))
+        idx = rng.choice(20, rows, replace=True)
+        proba, loss = rng.random((rows, 3)), rng.random((rows, 3))
+        record.update(idx, proba, loss)
+        reference.update(idx, proba, loss)
+        np.add.at(counts, idx, 1)
+    compare(record, reference, 0.5)
+    np.testing.assert_array_equal(record.seen, counts)
