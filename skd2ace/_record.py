@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import scipy.sparse as sp
 
-from . import selection
+from . import _background, selection
 
 # |Δp| ∈ [0, 1] is stored as an integer number of 1/65535 steps: 2 bytes, an error of
 # at most 7.7e-6 per change, and exact integer window sums (no drift).
@@ -78,10 +79,12 @@ class TrainingRecord:
         flip_decay: float = 0.7,
         lam: float = 0.5,
         flush_every: int = 2**18,
+        background: bool = False,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
         self.flush_every = flush_every
+        self.background = background
         shape = (n_samples, n_labels)
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
@@ -92,37 +95,61 @@ class TrainingRecord:
         # changes[k mod (W − 1), i], so a window sum adds W − 1 contiguous slices.
         self.slots = max(history_size - 1, 1)
         self.changes = np.zeros((self.slots, n_samples, n_labels), dtype=np.uint16)
-        # E and H are written here, block by block, at every read.
+        # E and H, kept up to date row by row as predictions are applied (an
+        # instance's metrics depend on its own state only).
         self._uncertainty = np.empty(shape, dtype=np.float32)
         self._hardness = np.empty(shape, dtype=np.float32)
+        for rows in selection._row_blocks(n_samples, n_labels):
+            self._write_metrics(
+                rows, self.last[rows], self.flip[rows], self.loss[rows], self.seen[rows]
+            )
         # Batches are copied into a preallocated queue and applied with preallocated
         # scratch arrays: fresh multi-megabyte temporaries would cost page faults.
+        # In the background, a full queue is applied by a worker thread while the
+        # other (spare) one fills.
         self._filled = 0
+        self._queue: dict[str, np.ndarray] = {}
+        self._spare: dict[str, np.ndarray] = {}
         self._work: dict[str, np.ndarray] = {}
+        self._pending: Future | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def uncertainty(self) -> np.ndarray:
-        """``E`` (N, q), float32, everything recorded so far included."""
+        """``E`` (N, q), float32, everything recorded so far included (the live
+        buffer: later updates change it, copy it to keep it)."""
         self.flush()
-        out = self._uncertainty
-        pairs = np.clip(self.seen - 1, 1, self.slots).astype(np.float32)
-        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
-        for rows in selection._row_blocks(self.n_samples, self.n_labels):
-            window = self.changes[0, rows].astype(np.int32)
-            for slot in range(1, self.slots):
-                window += self.changes[slot, rows]
-            fluctuation = np.multiply(window, scale[rows], dtype=np.float32)
-            out[rows] = selection.combine_uncertainty(fluctuation, self.last[rows], self.lam)
-        return out
+        return self._uncertainty
 
     @property
     def hardness(self) -> np.ndarray:
-        """``H`` (N, q), float32, everything recorded so far included."""
+        """``H`` (N, q), float32, everything recorded so far included (the live
+        buffer: later updates change it, copy it to keep it)."""
         self.flush()
-        out = self._hardness
-        for rows in selection._row_blocks(self.n_samples, self.n_labels):
-            out[rows] = selection.hardness(self.loss[rows], self.flip[rows])
-        return out
+        return self._hardness
+
+    def _write_metrics(self, rows, last, flip, loss, seen) -> None:
+        """Write ``E`` and ``H`` of ``rows`` (a slice or instance indices) from their
+        state (``last``, ``flip``, ``loss``, ``seen``: that state's rows)."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(self.n_samples))
+        pairs = np.clip(seen - 1, 1, self.slots).astype(np.float32)
+        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
+        # In blocks of at most 2**15 values: larger temporaries, once freed, are
+        # handed back to the OS by malloc and cost page faults again at the next
+        # block (10× the arithmetic on this VM).
+        step = max(1, 2**15 // max(self.n_labels, 1))
+        for start in range(0, rows.size, step):
+            part, block = rows[start : start + step], slice(start, start + step)
+            # One gather per slot (a fancy index on the middle axis is 5× slower).
+            window = np.take(self.changes[0], part, axis=0).astype(np.int32)
+            for slot in range(1, self.slots):
+                window += np.take(self.changes[slot], part, axis=0)
+            fluctuation = np.multiply(window, scale[block], dtype=np.float32)
+            self._uncertainty[part] = selection.combine_uncertainty(
+                fluctuation, last[block], self.lam
+            )
+            self._hardness[part] = selection.hardness(loss[block], flip[block])
 
     @property
     def nbytes(self) -> int:
@@ -155,8 +182,10 @@ class TrainingRecord:
             return
         capacity = max(1, self.flush_every // max(self.n_labels, 1), rows)
         if self._filled + rows > capacity:
-            self.flush()
-        queue = self._scratch(capacity)
+            self._dispatch()
+        queue = self._queue
+        if "idx" not in queue or queue["idx"].size < capacity:  # empty here
+            queue = self._queue = _queue(capacity, self.n_labels)
         end = self._filled + rows
         queue["idx"][self._filled : end] = idx
         queue["proba"][self._filled : end] = proba
@@ -164,109 +193,175 @@ class TrainingRecord:
         self._filled = end
 
     def flush(self) -> None:
-        """Apply the queued batches, in training order."""
-        n = self._filled
-        if n == 0:
+        """Apply everything queued, in training order (waits for the background)."""
+        self._wait()
+        n, self._filled = self._filled, 0
+        if n:
+            self._apply_queue(self._queue, n)
+
+    def close(self) -> None:
+        """Apply everything queued and stop the background thread, if any."""
+        self.flush()
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
+
+    def _dispatch(self) -> None:
+        """Apply the full queue: in the background (swapping in the spare queue),
+        or here."""
+        if not self.background:
+            self.flush()
             return
-        self._filled = 0
-        work = self._work
-        idx = work["idx"][:n]
+        self._wait()  # one queue applied at a time, in training order
+        full, n = self._queue, self._filled
+        self._queue, self._spare, self._filled = self._spare, full, 0
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="skd2ace-record")
+        self._pending = _background.submit(self._executor, self._apply_queue, full, n)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()  # re-raises the background thread's error
+
+    def _apply_queue(self, queue: dict[str, np.ndarray], n: int) -> None:
+        idx = queue["idx"][:n]
+        work = self._scratch(n)
         # Sorted by instance (stable: training order within an instance), the
         # gathers and scatters below sweep the state in address order: after a
         # training step it is out of cache, and random rows cost a miss each.
         order = np.argsort(idx, kind="stable")
         inst = idx[order]
-        new = np.empty(n, dtype=bool)
-        new[0] = True
-        np.not_equal(inst[1:], inst[:-1], out=new[1:])
-        if new.all():
-            bounds = [0, n]
-        else:
-            # Round r applies every instance's r-th occurrence in the queue.
-            starts = np.flatnonzero(new)
-            rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-            order = order[np.argsort(rank, kind="stable")]
-            inst = idx[order]
-            bounds = [0, *np.cumsum(np.bincount(rank)).tolist()]
-        proba = np.take(work["proba"][:n], order, axis=0, out=work["p"][:n])
-        loss = np.take(work["loss"][:n], order, axis=0, out=work["l"][:n])
-        # Checked once for the whole queue; rounds only repair when needed.
-        checks = {"repair": not np.isfinite(proba).all(), "lost": np.isnan(loss).any()}
-        for r, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-            # Only the first round can hold an instance's first prediction.
-            self._apply(inst[lo:hi], proba[lo:hi], loss[lo:hi], first=r == 0, **checks)
+        first = work["first"][:n]
+        first[0] = True
+        np.not_equal(inst[1:], inst[:-1], out=first[1:])
+        proba = np.take(queue["proba"][:n], order, axis=0, out=work["p"][:n])
+        loss = np.take(queue["loss"][:n], order, axis=0, out=work["l"][:n])
+        self._apply(inst, first, proba, loss)
 
-    def _apply(
-        self,
-        inst: np.ndarray,
-        proba: np.ndarray,
-        loss: np.ndarray,
-        first: bool = True,
-        repair: bool = True,
-        lost: bool = True,
-    ) -> None:
-        """Record one prediction per instance (``inst`` distinct); ``proba`` and
-        ``loss`` are scratch rows, modified in place. ``first``, ``repair`` and
-        ``lost``: whether first predictions, non-finite probabilities and NaN
-        losses may occur."""
-        m = inst.size
+    def _apply(self, inst: np.ndarray, first: np.ndarray, proba, loss) -> None:
+        """Record ``n`` sorted predictions at once: ``inst`` (n,) sorted by instance,
+        training order within an instance, ``first`` (n,) marks each instance's first
+        row; ``proba`` and ``loss`` (n, q) are scratch rows, modified in place.
+
+        An instance with ``k`` rows here gets them as ``k`` consecutive predictions:
+        each row's change is taken from the row before it (the stored prediction for
+        the first), the flip EMA after ``k`` steps is
+        ``(1 − α)^k f + Σ_t α (1 − α)^(k − t) c_t`` (one segment sum), and only the
+        last ``W − 1`` changes of an instance reach the ring."""
+        n = inst.size
         work = self._work
-        seen = self.seen[inst]
-        previous = np.take(self.last, inst, axis=0, out=work["previous"][:m])
-        if repair:
-            bad = np.isfinite(proba, out=work["mask"][:m])
-            np.logical_not(bad, out=bad)
-            np.copyto(proba, previous, where=bad)
-        change = np.subtract(proba, previous, out=work["change"][:m])
-        np.abs(change, out=change)
-        fresh = first and seen.min() == 0
-        if fresh:  # a first prediction has no predecessor: no change, no flip
-            change[seen == 0] = 0.0
+        starts = np.flatnonzero(first)
+        distinct = starts.size == n  # every instance once (always, when drawn uniformly)
+        if distinct:
+            unique, group, counts, seen = inst, None, 1, self.seen[inst]
+            before = seen  # predictions recorded before each row
+        else:
+            unique = inst[starts]
+            group = np.cumsum(first) - 1  # row → its instance's position in `unique`
+            counts = np.diff(np.append(starts, n))
+            seen = self.seen[unique]
+            position = np.arange(n) - starts[group]
+            before = seen[group] + position
+            remaining = counts[group] - 1 - position  # rows of the instance after this one
+        m = unique.size
+        stored = np.take(self.last, unique, axis=0, out=work["stored"][:m])
+        # Non-finite probabilities repeat the prediction before them and NaN losses
+        # keep the loss before them (a transiently diverged batch); checked once.
+        if not np.isfinite(proba).all():
+            _carry_forward(proba, ~np.isfinite(proba), stored, starts, group)
+        if np.isnan(loss).any():
+            _carry_forward(loss, np.isnan(loss), self.loss[unique], starts, group)
 
-        # f ← α·c + (1 − α)·f, written as (1 − α)(f − c) + c: no temporary.
-        flip = np.take(self.flip, inst, axis=0, out=previous)
-        flip -= change
-        flip *= np.float32(1.0 - self.flip_decay)
-        flip += change
-        self.flip[inst] = flip
-        self.last[inst] = proba
-        if lost:
-            np.copyto(loss, self.loss[inst], where=np.isnan(loss, out=work["mask"][:m]))
-        self.loss[inst] = loss
+        if distinct:
+            previous = stored
+        else:
+            previous = work["previous"][:n]
+            previous[1:] = proba[:-1]
+            previous[starts] = stored
+        change = np.subtract(proba, previous, out=work["change"][:n])
+        np.abs(change, out=change)
+        fresh = before.min() == 0
+        if fresh:  # an instance's very first prediction has no predecessor: no change
+            change[before == 0] = 0.0
+
+        keep = np.float32(1.0 - self.flip_decay)
+        flip = np.take(self.flip, unique, axis=0, out=work["previous"][:m])
+        if distinct:
+            # f ← α·c + (1 − α)·f, written as (1 − α)(f − c) + c: no temporary.
+            flip -= change
+            flip *= keep
+            flip += change
+        else:
+            # After k steps f = (1 − α)^k f + Σ_t α (1 − α)^(k − 1 − t) c_t: one
+            # segment sum instead of one pass per occurrence rank.
+            weight = (self.flip_decay * (1.0 - self.flip_decay) ** remaining).astype(np.float32)
+            flip *= (1.0 - self.flip_decay) ** counts.astype(np.float32)[:, None]
+            # Weighted segment sums as one sparse product (np.add.reduceat along
+            # rows is 3× slower).
+            segments = sp.csr_array((weight, np.arange(n), np.append(starts, n)), shape=(m, n))
+            flip += segments @ change
+            ends = starts + counts - 1
+            proba, loss = proba[ends], loss[ends]
+        self.flip[unique] = flip
+        self.last[unique] = proba
+        self.loss[unique] = loss
 
         change *= np.float32(_CHANGE_SCALE)
         change += np.float32(0.5)  # round half up: change ≥ 0
-        quantised = work["quantised"][:m]
+        quantised = work["quantised"][:n]
         np.copyto(quantised, change, casting="unsafe")
-        # Row (slot · N + i) of the ring holds instance i's change in that slot.
+        # Row (slot · N + i) of the ring holds instance i's change in that slot; only
+        # an instance's last W − 1 changes stay in its window.
         ring = self.changes.reshape(-1, self.n_labels)
-        rows = (seen - 1) % self.slots * self.n_samples + inst
-        if fresh:
-            later = seen > 0
-            ring[rows[later]] = quantised[later]
-        else:
+        rows = (before - 1) % self.slots * self.n_samples + inst
+        write = before > 0 if fresh else None
+        if not distinct and remaining.max() >= self.slots:
+            late = remaining < self.slots
+            write = late if write is None else write & late
+        if write is None:
             ring[rows] = quantised
-        self.seen[inst] = seen + 1
+        else:
+            ring[rows[write]] = quantised[write]
+        seen = seen + counts
+        self.seen[unique] = seen
+        self._write_metrics(unique, proba, flip, loss, seen)
 
     def _scratch(self, rows: int) -> dict[str, np.ndarray]:
-        """The queue and scratch arrays, grown to hold ``rows`` rows.
-
-        Only called with an empty queue when growing: :meth:`update` flushes
-        before a batch that needs more room."""
+        """Scratch arrays for applying ``rows`` queued rows (grown when needed)."""
         work = self._work
-        if "idx" not in work or work["idx"].size < rows:
+        if "p" not in work or work["p"].shape[0] < rows:
             q = self.n_labels
-            work = {"idx": np.empty(rows, dtype=np.intp)}
-            for name in ("proba", "loss", "p", "l", "previous", "change"):
+            work = {}
+            for name in ("p", "l", "previous", "stored", "change"):
                 work[name] = np.empty((rows, q), dtype=np.float32)
-            work["mask"] = np.empty((rows, q), dtype=bool)
+            work["first"] = np.empty(rows, dtype=bool)
             work["quantised"] = np.empty((rows, q), dtype=np.uint16)
             self._work = work
         return work
 
     def __getstate__(self):
-        # Pickles hold the state, not the queue and scratch arrays (megabytes).
+        # Pickles hold the state, not the queues, scratch arrays (megabytes) or thread.
         self.flush()
         state = self.__dict__.copy()
-        state["_work"] = {}
+        state.update(_queue={}, _spare={}, _work={}, _pending=None, _executor=None)
         return state
+
+
+def _queue(rows: int, q: int) -> dict[str, np.ndarray]:
+    """An empty queue of ``rows`` rows: indices, probabilities, losses."""
+    proba, loss = (np.empty((rows, q), dtype=np.float32) for _ in range(2))
+    return {"idx": np.empty(rows, dtype=np.intp), "proba": proba, "loss": loss}
+
+
+def _carry_forward(values, bad, stored, starts, group) -> None:
+    """Replace ``bad`` entries of sorted rows in place by the last good value before
+    them in the same instance's rows, else by the instance's ``stored`` value."""
+    n = values.shape[0]
+    rows = np.where(bad, -1, np.arange(n)[:, None])
+    np.maximum.accumulate(rows, axis=0, out=rows)
+    start = starts[:, None] if group is None else starts[group][:, None]
+    own = rows >= start  # a good row of the same instance precedes (or is) this one
+    filled = np.take_along_axis(values, np.maximum(rows, 0), axis=0)
+    base = stored if group is None else stored[group]
+    values[...] = np.where(own, filled, base)

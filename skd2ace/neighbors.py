@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -13,6 +11,8 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
+
+from . import _background
 
 __all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors", "nearest_neighbors_in_background"]
 
@@ -95,33 +95,6 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     return neighbors
 
 
-# Searches still running in background threads, which a fork waits for.
-_RUNNING: set[Future] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-def _forget(future: Future) -> None:
-    with _RUNNING_LOCK:
-        _RUNNING.discard(future)
-
-
-def _wait_for_searches() -> None:
-    """Before ``os.fork``: let background searches finish.
-
-    Forking while a search thread is inside BLAS or torch deadlocked the parent
-    (their fork handlers wait for thread pools in use), e.g. when a DataLoader
-    started its worker processes during the warm-up.
-    """
-    with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for future in running:
-        future.exception()  # waits; the error, if any, is raised by the sampler
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_wait_for_searches)
-
-
 def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
     """:func:`nearest_neighbors` in a background thread; returns its Future.
 
@@ -138,8 +111,7 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
     >>> nearest_neighbors_in_background(X, 1).result().ravel().tolist()
     [1, 0, 1, 2]
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    free = max(1, (cores or 1) - torch.get_num_threads())
+    free = max(1, _background.free_cores())
 
     def search():
         # threadpoolctl's OpenMP limit is per calling thread: the trainer keeps its own.
@@ -148,11 +120,7 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
     try:
-        with _RUNNING_LOCK:
-            future = executor.submit(search)
-            _RUNNING.add(future)
-        future.add_done_callback(_forget)
-        return future
+        return _background.submit(executor, search)
     finally:
         executor.shutdown(wait=False)
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Sampler
 
-from . import selection
+from . import _background, selection
 from ._record import TrainingRecord
 
 __all__ = ["BATCH_SELECTIONS", "LABEL_CONTEXTS", "D2ACEBatchSampler"]
@@ -134,8 +134,15 @@ class D2ACEBatchSampler(Sampler):
         self.context_ = None
         self._pending_neighbors = None
         if strategy == "d2ace":
+            # Full queues of recorded batches are applied in a background thread when
+            # torch leaves a core free: the bookkeeping then overlaps training.
             self.record_ = TrainingRecord(
-                self.n_samples, self.n_labels, history_size, flip_decay, fluctuation_weight
+                self.n_samples,
+                self.n_labels,
+                history_size,
+                flip_decay,
+                fluctuation_weight,
+                background=_background.free_cores() > 0,
             )
             if label_context == "local":
                 if neighbors is None:
@@ -213,6 +220,8 @@ class D2ACEBatchSampler(Sampler):
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""
+        if self.record_ is not None:
+            self.record_.close()
         self.record_ = None
         self.context_ = None
         self._pending_neighbors = None

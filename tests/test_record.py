@@ -81,13 +81,19 @@ def compare(record, reference, lam):
 
 
 @pytest.mark.parametrize("w", [2, 3, 5])
-@pytest.mark.parametrize(("repeats", "flush_every"), [(False, None), (False, 7), (True, None)])
-def test_record_matches_reference(w, repeats, flush_every):
+@pytest.mark.parametrize(
+    ("repeats", "flush_every", "background"),
+    [(False, None, False), (False, 7, False), (True, None, False), (True, 7, True)],
+)
+def test_record_matches_reference(w, repeats, flush_every, background):
     # repeats: instances repeated within a batch are recorded in row order;
-    # flush_every=7 applies the queue every other batch or so.
+    # flush_every=7 applies the queue every other batch or so (background: in a
+    # worker thread, while the next batches queue up).
     rng = np.random.default_rng(100 + w)
     n, q, batch, never = 14, 3, 5, 2
-    kwargs = {} if flush_every is None else {"flush_every": flush_every}
+    kwargs = {"background": background}
+    if flush_every is not None:
+        kwargs["flush_every"] = flush_every
     record = make_record(n, q, w, **kwargs)
     reference = ref.Recorder(n, q, w, alpha=0.7)
     err_e, err_h = feed(record, reference, rng, n - never, batch, q, 200, 0.02, 0.5, repeats)
@@ -346,12 +352,13 @@ def test_record_rejects_mismatched_batch_shapes():
     np.testing.assert_array_equal(record.seen, 0)
 
 
+@pytest.mark.parametrize("background", [False, True])
 @pytest.mark.parametrize("flush_every", [5, 40, 2**18])
-def test_record_mixed_batch_sizes_match_reference(flush_every):
+def test_record_mixed_batch_sizes_match_reference(flush_every, background):
     # Batches of 1–14 rows (repeats allowed) against queues of 5, 40 and 2**18
     # values: the queue grows or is applied early, and nothing queued is lost.
     rng = np.random.default_rng(flush_every)
-    record = TrainingRecord(20, 3, 4, flush_every=flush_every)
+    record = TrainingRecord(20, 3, 4, flush_every=flush_every, background=background)
     reference = ref.Recorder(20, 3, 4)
     counts = np.zeros(20, dtype=int)
     for _ in range(300):
@@ -363,3 +370,78 @@ def test_record_mixed_batch_sizes_match_reference(flush_every):
         np.add.at(counts, idx, 1)
     compare(record, reference, 0.5)
     np.testing.assert_array_equal(record.seen, counts)
+
+
+class RepairingRecorder(ref.Recorder):
+    """The loop reference with the record's rule for a diverged batch: a non-finite
+    probability repeats the instance's previous prediction (0.5 before any), a NaN
+    loss keeps its previous loss."""
+
+    def update(self, idx, proba, loss) -> None:
+        for row, i in enumerate(np.asarray(idx)):
+            p, ell = np.array(proba[row], dtype=float), np.array(loss[row], dtype=float)
+            for j in range(self.q):
+                if not math.isfinite(p[j]):
+                    window = self.windows[i][j]
+                    p[j] = window[-1] if window else 0.5
+                if math.isnan(ell[j]):
+                    ell[j] = self.loss[i, j]
+            super().update([i], p[None], ell[None])
+
+
+@pytest.mark.parametrize(("flush_every", "background"), [(4, False), (60, False), (60, True)])
+def test_record_non_finite_values_match_reference(flush_every, background):
+    # NaN / ±inf probabilities and NaN losses, also on an instance's first
+    # prediction and on several consecutive predictions of one instance in a queue.
+    rng = np.random.default_rng(11 + flush_every)
+    n, q, w = 12, 3, 3
+    record = TrainingRecord(n, q, w, flush_every=flush_every, background=background)
+    reference = RepairingRecorder(n, q, w)
+    for step in range(150):
+        rows = int(rng.integers(1, 9))
+        idx = rng.choice(n, rows, replace=True)
+        proba, loss = rng.random((rows, q)), rng.random((rows, q))
+        proba[rng.random((rows, q)) < 0.15] = rng.choice([np.nan, np.inf, -np.inf])
+        loss[rng.random((rows, q)) < 0.15] = np.nan
+        record.update(idx, proba, loss)
+        reference.update(idx, proba, loss)
+        if step % 37 == 0 or step == 149:
+            compare(record, reference, 0.5)
+    assert np.isfinite(record.last).all() and np.isfinite(record.loss).all()
+
+
+def test_record_background_error_surfaces_and_pickles_without_thread(monkeypatch):
+    import pickle
+
+    record = TrainingRecord(10, 2, flush_every=4, background=True)
+    for i in range(6):  # two rows per queue: a full queue goes to the worker thread
+        record.update([i % 10, (i + 3) % 10], np.full((2, 2), 0.2), np.full((2, 2), 0.3))
+    clone = pickle.loads(pickle.dumps(record))  # waits for the worker, applies the rest
+    assert clone._executor is None and clone._pending is None
+    np.testing.assert_array_equal(clone.seen, record.seen)
+    assert int(record.seen.sum()) == 12
+    np.testing.assert_array_equal(clone.uncertainty, record.uncertainty)
+
+    def broken(*args):
+        raise RuntimeError("worker failed")
+
+    monkeypatch.setattr(record, "_apply", broken)
+    with pytest.raises(RuntimeError, match="worker failed"):
+        for i in range(4):  # the error is raised by the next call that waits
+            record.update([i], np.zeros((1, 2)), np.zeros((1, 2)))
+        record.flush()
+    monkeypatch.undo()
+    record.close()  # applies what is still queued and stops the thread
+    assert record._executor is None and record._filled == 0
+
+
+@pytest.mark.parametrize("free", [0, 1])
+def test_sampler_records_in_background_only_with_a_free_core(monkeypatch, free):
+    from skd2ace import _background
+
+    monkeypatch.setattr(_background, "free_cores", lambda: free)
+    Y = np.eye(3, dtype=int).repeat(4, axis=0)
+    sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, random_state=0)
+    assert sampler.record_.background is bool(free)
+    sampler.release()
+    assert sampler.record_ is None

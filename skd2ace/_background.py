@@ -1,0 +1,57 @@
+"""Work in background threads that a fork of the process waits for.
+
+The neighbour search and the record's bookkeeping run in threads while the caller
+trains: their numpy, BLAS and torch kernels release the GIL. Forking while such a
+thread is inside BLAS or torch deadlocked the parent (their fork handlers wait for
+thread pools in use), e.g. when a DataLoader started its worker processes, so
+every task submitted here is waited for before ``os.fork``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+__all__ = ["free_cores", "submit"]
+
+_RUNNING: set[Future] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def free_cores() -> int:
+    """Cores this process may use that torch's intra-op threads leave free (≥ 0)."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(0, cores - torch.get_num_threads())
+
+
+def submit(executor: ThreadPoolExecutor, fn, *args) -> Future:
+    """``executor.submit(fn, *args)``, waited for by a fork while it runs."""
+    with _RUNNING_LOCK:
+        future = executor.submit(fn, *args)
+        _RUNNING.add(future)
+    future.add_done_callback(_forget)
+    return future
+
+
+def _forget(future: Future) -> None:
+    with _RUNNING_LOCK:
+        _RUNNING.discard(future)
+
+
+def _wait_for_all() -> None:
+    """Before ``os.fork``: let background tasks finish (errors are raised by their
+    owners, who hold the futures)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for future in running:
+        future.exception()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_wait_for_all)
