@@ -21,21 +21,22 @@ class TrainingRecord:
     For every training instance ``i`` and label ``j`` the record keeps the newest
     predicted probability, the flip EMA ``f_ij``, the latest elementwise loss and a
     ring of the last ``W − 1`` absolute probability changes (quantised to
-    1/65535). The two metrics ``E`` (uncertainty) and ``H`` (hardness) of
-    METHOD.md §2 are computed from this state when read, with the functional core
+    1/65535), and the two metrics ``E`` (uncertainty) and ``H`` (hardness) of
+    METHOD.md §2, recomputed with the functional core
     (:func:`skd2ace.selection.combine_uncertainty`,
-    :func:`~skd2ace.selection.hardness`), block by block into two buffers that the
-    next read overwrites.
+    :func:`~skd2ace.selection.hardness`) for every instance whose state changes.
 
     :meth:`update` only copies a batch into a preallocated queue (training
     batches stay cheap; recording each batch at once cost ~3× more inside a fit,
-    where every state row it touches is out of cache); queued batches are applied
-    when the metrics are read, when :meth:`flush` is called, or before the queue
-    would exceed ``flush_every`` values.
-    Applying them is vectorised in rounds: every instance's first occurrence in the
-    queue, then every second one, and so on (training order per instance, so the
-    result is that of recording batch by batch), each round sorted by instance so
-    that the cold state arrays are swept in address order.
+    where every state row it touches is out of cache). A full queue (``flush_every``
+    values) is applied at once, in a worker thread with ``background=True`` (its
+    numpy kernels release the GIL, so the bookkeeping overlaps training while a
+    second queue fills); what is left is applied when the metrics are read or
+    :meth:`flush` is called. Applying a queue is one vectorised pass: the rows are
+    sorted by instance (training order within an instance, so the result is that
+    of recording batch by batch), which sweeps the cold state arrays in address
+    order; an instance with several rows gets them as consecutive predictions
+    (changes between neighbouring rows, the flip EMA as one weighted segment sum).
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
     ``E = 1 − λ`` and ``H = 0.5``. A non-finite prediction (a transiently
@@ -44,9 +45,9 @@ class TrainingRecord:
     The state lives in host memory as numpy arrays: it is what the numpy
     selection reads every epoch, and it leaves GPU memory to the model.
     Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``: 20 of
-    state, 8 of metric buffers) plus 4 bytes per instance, and the queue with its
-    scratch arrays (about 27 bytes per queued value: 7 MiB at the default size;
-    never pickled).
+    state, 8 of metrics) plus 4 bytes per instance, and the queues with their
+    scratch arrays (about 30 bytes per queued value, 38 in the background: 7.5 and
+    9.5 MiB at the default size; never pickled).
 
     Parameters
     ----------
@@ -59,6 +60,9 @@ class TrainingRecord:
         ``λ``, weight of the fluctuation term in ``E``.
     flush_every : int, default=2**18
         Queue size (instances × labels) that triggers applying the queue.
+    background : bool, default=False
+        Apply full queues in a worker thread (the batch sampler sets it when torch
+        leaves a core free). Results do not depend on it or on timing.
 
     Examples
     --------

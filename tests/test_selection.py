@@ -774,3 +774,21 @@ def test_draw_batches_matches_numpy_choice(n, b, pressure):
             assert stats.chi2_contingency(table).pvalue > 1e-3
         rate_ours, rate_brute = ours[k] / epochs, brute[k] / epochs
         assert np.max(np.abs(rate_ours - rate_brute)) < 0.05
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_d2ace_distribution_pools_in_threads_match(monkeypatch, sparse):
+    # Large problems compute the two pools in two threads: same result.
+    rng = np.random.default_rng(5)
+    n, q = 300, 12
+    E, H = rng.random((n, q)).astype(np.float32), rng.random((n, q)).astype(np.float32)
+    Y = (rng.random((n, q)) < 0.3).astype(np.int8)
+    Y = sp.csr_matrix(Y) if sparse else Y
+    kwargs = {"pressure": 3.0, "mixture": 0.6}
+    want, want_info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
+    monkeypatch.setattr(selection, "_PARALLEL_ENTRIES", 1)
+    got, info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
+    np.testing.assert_array_equal(got, want)
+    for key in ("label_weights_uncertainty", "label_weights_hardness"):
+        np.testing.assert_array_equal(info[key], want_info[key])
+    assert info["ess"] == want_info["ess"]
