@@ -177,10 +177,11 @@ class TrainingRecord:
         idx = np.asarray(idx, dtype=np.intp).ravel()
         rows = idx.size
         expected = (rows, self.n_labels)
-        if np.shape(proba) != expected or np.shape(loss) != expected:
+        proba, loss = np.asarray(proba), np.asarray(loss)
+        if proba.shape != expected or loss.shape != expected:
             raise ValueError(
                 f"a batch of {rows} rows needs probabilities and losses of shape {expected}, "
-                f"got {np.shape(proba)} and {np.shape(loss)}"
+                f"got {proba.shape} and {loss.shape}"
             )
         if rows == 0:
             return
