@@ -13,6 +13,8 @@ from . import _background, selection
 # |Δp| ∈ [0, 1] is stored as an integer number of 1/65535 steps: 2 bytes, an error of
 # at most 7.7e-6 per change, and exact integer window sums (no drift).
 _CHANGE_SCALE = 65535.0
+# E and H are computed in blocks of at most this many values (see _write_metrics).
+_METRIC_BLOCK = 2**15
 
 
 class TrainingRecord:
@@ -142,7 +144,7 @@ class TrainingRecord:
         # In blocks of at most 2**15 values: larger temporaries, once freed, are
         # handed back to the OS by malloc and cost page faults again at the next
         # block (10× the arithmetic on this VM).
-        step = max(1, 2**15 // max(self.n_labels, 1))
+        step = max(1, _METRIC_BLOCK // max(self.n_labels, 1))
         for start in range(0, rows.size, step):
             part, block = rows[start : start + step], slice(start, start + step)
             # One gather per slot (a fancy index on the middle axis is 5× slower).

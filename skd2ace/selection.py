@@ -436,6 +436,7 @@ def d2ace_distribution(
     (True, True)
     """
     q = np.shape(uncertainty_metric)[1]
+
     def pool(metric, share):
         v = label_weights(metric, a, b) if dynamic_weights else np.ones(q)
         if share == 0.0:
