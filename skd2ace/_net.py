@@ -123,7 +123,14 @@ class D2ACENet(NeuralNet):
         sampler = self.batch_sampler
         if sampler is not None and sampler.record_ is not None and isinstance(Xi, Mapping):
             # Detached inputs build no graph (cheaper per batch than a no_grad block).
-            sampler.record(Xi["sample_idx"], torch.sigmoid(y_pred.detach()), elementwise.detach())
+            # The three tensors are not used again here: the record keeps them
+            # uncopied until it applies them (off this thread in the background).
+            sampler.record(
+                Xi["sample_idx"],
+                torch.sigmoid(y_pred.detach()),
+                elementwise.detach(),
+                copy=False,
+            )
         return {"loss": loss, "y_pred": y_pred}
 
     def on_epoch_end(self, net, dataset_train=None, dataset_valid=None, **kwargs):

@@ -28,14 +28,14 @@ class TrainingRecord:
     (:func:`skd2ace.selection.combine_uncertainty`,
     :func:`~skd2ace.selection.hardness`) for every instance whose state changes.
 
-    :meth:`update` only copies a batch into a preallocated queue (training
-    batches stay cheap; recording each batch at once cost ~3× more inside a fit,
-    where every state row it touches is out of cache). A full queue (``flush_every``
-    values) is applied at once, in a worker thread with ``background=True`` (its
-    numpy kernels release the GIL, so the bookkeeping overlaps training while a
-    second queue fills); what is left is applied when the metrics are read or
-    :meth:`flush` is called. Applying a queue is one vectorised pass: the rows are
-    sorted by instance (training order within an instance, so the result is that
+    :meth:`update` only queues a batch (copied, or by reference with
+    ``copy=False``: training batches stay cheap; recording each batch at once cost
+    ~3× more inside a fit, where every state row it touches is out of cache). A
+    full queue (``flush_every`` values) is applied at once, in a worker thread with
+    ``background=True`` (its numpy kernels release the GIL, so the bookkeeping
+    overlaps training while the next queue fills); what is left is applied when the
+    metrics are read or :meth:`flush` is called. Applying a queue is one vectorised
+    pass: the rows are sorted by instance (training order within an instance, so the result is that
     of recording batch by batch), which sweeps the cold state arrays in address
     order; an instance with several rows gets them as consecutive predictions
     (changes between neighbouring rows, the flip EMA as one weighted segment sum).
@@ -47,9 +47,9 @@ class TrainingRecord:
     The state lives in host memory as numpy arrays: it is what the numpy
     selection reads every epoch, and it leaves GPU memory to the model.
     Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``: 20 of
-    state, 8 of metrics) plus 4 bytes per instance, and the queues with their
-    scratch arrays (about 30 bytes per queued value, 38 in the background: 7.5 and
-    9.5 MiB at the default size; never pickled).
+    state, 8 of metrics) plus 4 bytes per instance, and the queued batches with
+    the scratch arrays that apply them (about 38 bytes per queued value, 46 in the
+    background: 9.5 and 11.5 MiB at the default size; never pickled).
 
     Parameters
     ----------
@@ -109,13 +109,11 @@ class TrainingRecord:
             self._write_metrics(
                 rows, self.last[rows], self.flip[rows], self.loss[rows], self.seen[rows]
             )
-        # Batches are copied into a preallocated queue and applied with preallocated
-        # scratch arrays: fresh multi-megabyte temporaries would cost page faults.
-        # In the background, a full queue is applied by a worker thread while the
-        # other (spare) one fills.
+        # Batches are queued as they come and applied with preallocated scratch
+        # arrays (fresh multi-megabyte temporaries would cost page faults); in the
+        # background, by a worker thread while the next queue fills.
         self._filled = 0
-        self._queue: dict[str, np.ndarray] = {}
-        self._spare: dict[str, np.ndarray] = {}
+        self._queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._work: dict[str, np.ndarray] = {}
         self._pending: Future | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -163,7 +161,7 @@ class TrainingRecord:
         arrays = (self.seen, self.last, self.flip, self.loss, self.changes)
         return sum(a.nbytes for a in (*arrays, self._uncertainty, self._hardness))
 
-    def update(self, idx, proba, loss) -> None:
+    def update(self, idx, proba, loss, *, copy: bool = True) -> None:
         """Queue one training batch.
 
         Parameters
@@ -175,11 +173,15 @@ class TrainingRecord:
             Predicted probabilities of the training forward pass.
         loss : array-like of shape (B, q)
             Elementwise loss of the same pass.
+        copy : bool, default=True
+            False keeps the three arrays by reference until they are applied (the
+            caller must not modify them): no copy on the training thread.
         """
-        idx = np.asarray(idx, dtype=np.intp).ravel()
+        idx = np.array(idx, dtype=np.intp, copy=copy or None).ravel()
         rows = idx.size
         expected = (rows, self.n_labels)
-        proba, loss = np.asarray(proba), np.asarray(loss)
+        proba = np.array(proba, dtype=np.float32, copy=copy or None)
+        loss = np.array(loss, dtype=np.float32, copy=copy or None)
         if proba.shape != expected or loss.shape != expected:
             raise ValueError(
                 f"a batch of {rows} rows needs probabilities and losses of shape {expected}, "
@@ -187,24 +189,17 @@ class TrainingRecord:
             )
         if rows == 0:
             return
-        capacity = max(1, self.flush_every // max(self.n_labels, 1), rows)
-        if self._filled + rows > capacity:
+        self._queue.append((idx, proba, loss))
+        self._filled += rows
+        if self._filled * self.n_labels >= self.flush_every:
             self._dispatch()
-        queue = self._queue
-        if "idx" not in queue or queue["idx"].size < capacity:  # empty here
-            queue = self._queue = _queue(capacity, self.n_labels)
-        end = self._filled + rows
-        queue["idx"][self._filled : end] = idx
-        queue["proba"][self._filled : end] = proba
-        queue["loss"][self._filled : end] = loss
-        self._filled = end
 
     def flush(self) -> None:
         """Apply everything queued, in training order (waits for the background)."""
         self._wait()
-        n, self._filled = self._filled, 0
-        if n:
-            self._apply_queue(self._queue, n)
+        queue, self._queue, self._filled = self._queue, [], 0
+        if queue:
+            self._apply_queue(queue)
 
     def close(self) -> None:
         """Apply everything queued and stop the background thread, if any."""
@@ -214,26 +209,29 @@ class TrainingRecord:
             self._executor = None
 
     def _dispatch(self) -> None:
-        """Apply the full queue: in the background (swapping in the spare queue),
-        or here."""
+        """Apply the full queue: in the background, or here."""
         if not self.background:
             self.flush()
             return
         self._wait()  # one queue applied at a time, in training order
-        full, n = self._queue, self._filled
-        self._queue, self._spare, self._filled = self._spare, full, 0
+        queue, self._queue, self._filled = self._queue, [], 0
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="skd2ace-record")
-        self._pending = _background.submit(self._executor, self._apply_queue, full, n)
+        self._pending = _background.submit(self._executor, self._apply_queue, queue)
 
     def _wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()  # re-raises the background thread's error
 
-    def _apply_queue(self, queue: dict[str, np.ndarray], n: int) -> None:
-        idx = queue["idx"][:n]
+    def _apply_queue(self, queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Apply queued batches ``(idx, proba, loss)``, in order."""
+        n = sum(len(batch[0]) for batch in queue)
         work = self._scratch(n)
+        idx, proba, loss = (
+            np.concatenate([batch[k] for batch in queue], out=work[name][:n])
+            for k, name in enumerate(("idx", "proba", "loss"))
+        )
         # Sorted by instance (stable: training order within an instance), the
         # gathers and scatters below sweep the state in address order: after a
         # training step it is out of cache, and random rows cost a miss each.
@@ -242,8 +240,8 @@ class TrainingRecord:
         first = work["first"][:n]
         first[0] = True
         np.not_equal(inst[1:], inst[:-1], out=first[1:])
-        proba = np.take(queue["proba"][:n], order, axis=0, out=work["p"][:n])
-        loss = np.take(queue["loss"][:n], order, axis=0, out=work["l"][:n])
+        proba = np.take(proba, order, axis=0, out=work["p"][:n])
+        loss = np.take(loss, order, axis=0, out=work["l"][:n])
         self._apply(inst, first, proba, loss)
 
     def _apply(self, inst: np.ndarray, first: np.ndarray, proba, loss) -> None:
@@ -339,26 +337,19 @@ class TrainingRecord:
         work = self._work
         if "p" not in work or work["p"].shape[0] < rows:
             q = self.n_labels
-            work = {}
-            for name in ("p", "l", "previous", "stored", "change"):
+            work = {"idx": np.empty(rows, dtype=np.intp), "first": np.empty(rows, dtype=bool)}
+            for name in ("proba", "loss", "p", "l", "previous", "stored", "change"):
                 work[name] = np.empty((rows, q), dtype=np.float32)
-            work["first"] = np.empty(rows, dtype=bool)
             work["quantised"] = np.empty((rows, q), dtype=np.uint16)
             self._work = work
         return work
 
     def __getstate__(self):
-        # Pickles hold the state, not the queues, scratch arrays (megabytes) or thread.
+        # Pickles hold the state, not the queue, scratch arrays (megabytes) or thread.
         self.flush()
         state = self.__dict__.copy()
-        state.update(_queue={}, _spare={}, _work={}, _pending=None, _executor=None)
+        state.update(_queue=[], _work={}, _pending=None, _executor=None)
         return state
-
-
-def _queue(rows: int, q: int) -> dict[str, np.ndarray]:
-    """An empty queue of ``rows`` rows: indices, probabilities, losses."""
-    proba, loss = (np.empty((rows, q), dtype=np.float32) for _ in range(2))
-    return {"idx": np.empty(rows, dtype=np.intp), "proba": proba, "loss": loss}
 
 
 def _carry_forward(values, bad, stored, starts, group) -> None:

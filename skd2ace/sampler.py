@@ -209,14 +209,16 @@ class D2ACEBatchSampler(Sampler):
         self.epoch_info_ = info
         return batches
 
-    def record(self, idx, proba, loss) -> None:
+    def record(self, idx, proba, loss, *, copy: bool = True) -> None:
         """Record a training batch: row indices, probabilities and elementwise loss.
 
-        Accepts numpy arrays or torch tensors (moved to host memory).
+        Accepts numpy arrays or torch tensors (moved to host memory). With
+        ``copy=False`` the record keeps them by reference until it applies them
+        (the caller must not modify them afterwards).
         """
         if self.record_ is None:
             return
-        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss))
+        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss), copy=copy)
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""

@@ -445,3 +445,25 @@ def test_sampler_records_in_background_only_with_a_free_core(monkeypatch, free):
     assert sampler.record_.background is bool(free)
     sampler.release()
     assert sampler.record_ is None
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_record_copies_batches_unless_told_not_to(background):
+    # copy=True (the default): the caller may reuse its arrays right away;
+    # copy=False (the net's fresh tensors): no copy on the training thread.
+    rng = np.random.default_rng(8)
+    copied = TrainingRecord(6, 2, 3, flush_every=6, background=background)
+    shared = TrainingRecord(6, 2, 3, flush_every=6, background=background)
+    reference = ref.Recorder(6, 2, 3)
+    buffer = np.empty((2, 2), dtype=np.float32)
+    for _ in range(40):
+        idx = rng.choice(6, 2, replace=False)
+        proba, loss = rng.random((2, 2)), rng.random((2, 2))
+        buffer[...] = proba
+        copied.update(idx, buffer, loss)
+        shared.update(idx, proba.astype(np.float32), loss.astype(np.float32), copy=False)
+        reference.update(idx, proba.astype(np.float32), loss)
+        buffer[...] = np.nan  # reused by the caller before the queue is applied
+    compare(copied, reference, 0.5)
+    compare(shared, reference, 0.5)
+    np.testing.assert_array_equal(copied.uncertainty, shared.uncertainty)
