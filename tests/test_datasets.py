@@ -342,7 +342,7 @@ def test_download_checksum_mismatch_from_file_url(tmp_path):
     dest = tmp_path / "cache" / "file.txt"
     with pytest.raises(ChecksumError, match="Checksum mismatch"):
         _mulan._download(src.as_uri(), dest, "0" * 64)
-    assert list(dest.parent.iterdir()) == []  # neither the file nor a partial one
+    assert not dest.parent.exists()  # neither the file, a partial one, nor the new folder
 
 
 def test_fetch_checksum_mismatch(tmp_path, monkeypatch):
@@ -353,7 +353,7 @@ def test_fetch_checksum_mismatch(tmp_path, monkeypatch):
     with pytest.raises(ChecksumError, match=r"flags\.arff") as info:
         fetch_mulan("flags", data_home=tmp_path)
     assert isinstance(info.value, OSError)
-    assert list((tmp_path / "flags").iterdir()) == []
+    assert not (tmp_path / "flags").exists()  # nor the folder created for it
 
 
 def test_fetch_offline_error_names_file_and_places(tmp_path, monkeypatch):
@@ -368,7 +368,12 @@ def test_fetch_offline_error_names_file_and_places(tmp_path, monkeypatch):
     assert isinstance(info.value, OSError)
     for part in ("emotions-train.arff", str(tmp_path / "emotions"), DATA_HOME_ENV, "no network"):
         assert part in message
-    assert list((tmp_path / "emotions").iterdir()) == []
+    assert not (tmp_path / "emotions").exists()
+    # a folder that existed before stays, empty or not
+    (tmp_path / "yeast").mkdir()
+    with pytest.raises(MulanDataNotFoundError):
+        fetch_mulan("yeast", data_home=tmp_path / ".")
+    assert (tmp_path / "yeast").is_dir()
 
 
 def test_fetch_missing_without_download(tmp_path, monkeypatch):

@@ -102,8 +102,9 @@ def _download(url: str, dest: Path, sha256: str) -> Path:
     """Download ``url`` to ``dest`` through a temporary file, verifying its SHA-256.
 
     The file appears at ``dest`` only once complete and verified; on any failure the
-    partial file is removed.
+    partial file, and the folders created for it, are removed.
     """
+    created = [folder for folder in (dest.parent, *dest.parent.parents) if not folder.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -118,8 +119,14 @@ def _download(url: str, dest: Path, sha256: str) -> Path:
                 f"was removed; the source may have changed or the download was corrupted."
             )
         os.replace(tmp, dest)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        for folder in created:  # innermost first; a failed download leaves no empty folders
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return dest
 
 
