@@ -201,9 +201,14 @@ class TrainingRecord:
         if queue:
             self._apply_queue(queue)
 
-    def close(self) -> None:
-        """Apply everything queued and stop the background thread, if any."""
-        self.flush()
+    def close(self, *, apply: bool = True) -> None:
+        """Stop the background thread, if any, after applying everything queued
+        (``apply=False``: after the queue it is applying; the rest is dropped)."""
+        if apply:
+            self.flush()
+        else:
+            self._wait()  # still raises its error
+            self._queue, self._filled = [], 0
         if self._executor is not None:
             self._executor.shutdown()
             self._executor = None

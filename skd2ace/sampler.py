@@ -223,7 +223,7 @@ class D2ACEBatchSampler(Sampler):
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""
         if self.record_ is not None:
-            self.record_.close()
+            self.record_.close(apply=False)  # what is still queued would be dropped anyway
         self.record_ = None
         self.context_ = None
         self._pending_neighbors = None

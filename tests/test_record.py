@@ -433,6 +433,11 @@ def test_record_background_error_surfaces_and_pickles_without_thread(monkeypatch
     monkeypatch.undo()
     record.close()  # applies what is still queued and stops the thread
     assert record._executor is None and record._filled == 0
+    seen = record.seen.copy()
+    record.update([0], np.zeros((1, 2)), np.zeros((1, 2)))
+    record.close(apply=False)  # drops what is queued
+    np.testing.assert_array_equal(record.seen, seen)
+    assert record._filled == 0
 
 
 @pytest.mark.parametrize("free", [0, 1])
