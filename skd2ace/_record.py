@@ -13,6 +13,9 @@ from . import _background, selection
 # |Δp| ∈ [0, 1] is stored as an integer number of 1/65535 steps: 2 bytes, an error of
 # at most 7.7e-6 per change, and exact integer window sums (no drift).
 _CHANGE_SCALE = 65535.0
+# A queue is also applied once it holds this many batches: tiny batches (one row, one
+# label) would otherwise keep ~10⁵ small arrays alive (~100 bytes of overhead each).
+_MAX_QUEUED_BATCHES = 512
 # E and H are computed in blocks of at most this many values (see _write_metrics).
 _METRIC_BLOCK = 2**15
 
@@ -61,7 +64,8 @@ class TrainingRecord:
     lam : float, default=0.5
         ``λ``, weight of the fluctuation term in ``E``.
     flush_every : int, default=2**18
-        Queue size (instances × labels) that triggers applying the queue.
+        Queue size (instances × labels) that triggers applying the queue (so do 512
+        queued batches).
     background : bool, default=False
         Apply full queues in a worker thread (the batch sampler sets it when torch
         leaves a core free). Results do not depend on it or on timing.
@@ -191,7 +195,10 @@ class TrainingRecord:
             return
         self._queue.append((idx, proba, loss))
         self._filled += rows
-        if self._filled * self.n_labels >= self.flush_every:
+        if (
+            self._filled * self.n_labels >= self.flush_every
+            or len(self._queue) >= _MAX_QUEUED_BATCHES
+        ):
             self._dispatch()
 
     def flush(self) -> None:

@@ -472,3 +472,19 @@ def test_record_copies_batches_unless_told_not_to(background):
     compare(copied, reference, 0.5)
     compare(shared, reference, 0.5)
     np.testing.assert_array_equal(copied.uncertainty, shared.uncertainty)
+
+
+def test_record_applies_a_queue_of_many_tiny_batches():
+    # One row, one label per batch: the queue is applied every 512 batches, not
+    # after 2**18 of them (each queued batch keeps three small arrays alive).
+    record = TrainingRecord(50, 1, 3)
+    reference = ref.Recorder(50, 1, 3)
+    rng = np.random.default_rng(4)
+    longest = 0
+    for _ in range(1500):
+        idx, proba, loss = rng.integers(50, size=1), rng.random((1, 1)), rng.random((1, 1))
+        record.update(idx, proba, loss)
+        reference.update(idx, proba, loss)
+        longest = max(longest, len(record._queue))
+    assert longest == 511
+    compare(record, reference, 0.5)
