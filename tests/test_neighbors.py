@@ -150,6 +150,14 @@ for seed in range(3):
     clf = D2ACEMultiLabelClassifier(max_epochs=2, warmup_epochs=1, num_workers=2,
                                     random_state=seed).fit(X, Y)
     assert np.isfinite(clf.predict_proba(X[:10])).all()
+# 120 labels: a queue fills every ~2200 rows, so the record's background thread (on
+# when torch leaves a core free) is applying one when the next epoch forks its workers.
+import torch
+torch.set_num_threads(1)
+Y = (rng.random((6000, 120)) < 0.05).astype(int)
+clf = D2ACEMultiLabelClassifier(max_epochs=3, warmup_epochs=1, num_workers=2,
+                                random_state=0).fit(X, Y)
+assert np.isfinite(clf.predict_proba(X[:10])).all()
 print("ok")
 """
 
