@@ -264,8 +264,9 @@ class TrainingRecord:
         An instance with ``k`` rows here gets them as ``k`` consecutive predictions:
         each row's change is taken from the row before it (the stored prediction for
         the first), the flip EMA after ``k`` steps is
-        ``(1 − α)^k f + Σ_t α (1 − α)^(k − t) c_t`` (one segment sum), and only the
-        last ``W − 1`` changes of an instance reach the ring."""
+        ``(1 − α)^k f + Σ_t α (1 − α)^(k − 1 − t) c_t`` over ``t = 0 … k − 1`` (one
+        segment sum), and only the last ``W − 1`` changes of an instance reach the
+        ring."""
         n = inst.size
         work = self._work
         starts = np.flatnonzero(first)
