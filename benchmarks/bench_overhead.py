@@ -8,7 +8,9 @@ Usage::
 
 Every number is a median over ``--repeats`` fits in this process, after one warm-up fit
 (the first torch optimizer in a process costs a one-off import). Ratios compare runs of
-the same process: ``d2ace / random`` is the selection overhead in wall-clock time,
+the same process: ``d2ace / random`` is the selection overhead in wall-clock time
+(``paired range``: the smallest and largest ratio of one d2ace fit to the random fit run
+just before it),
 ``cpu d2ace/random`` the same in CPU time of all threads (the neighbour search runs in a
 background thread during the warm-up epochs), ``random / torch`` the framework's
 (skorch) overhead over a hand-written loop. Large cases train few epochs
@@ -48,6 +50,9 @@ def measure(case: str, repeats: int, epochs: int | None) -> dict:
         "d2ace s": median(times["d2ace"]),
     }
     row["d2ace/random"] = row["d2ace s"] / row["random s"]
+    # Per-repeat ratios of the interleaved pairs: how much the machine moves the figure.
+    paired = [d / r for d, r in zip(times["d2ace"], times["random"], strict=True)]
+    row["paired range"] = f"{min(paired):.2f}–{max(paired):.2f}"
     # CPU time of all threads: the neighbour search overlaps the warm-up epochs in a
     # background thread, so wall time hides its cost on a machine with a free core.
     row["cpu d2ace/random"] = median(cpu["d2ace"]) / median(cpu["random"])
@@ -71,7 +76,7 @@ def main() -> None:
         rows.append(measure(case, args.repeats, args.epochs))
         print(table(rows[-1:], list(rows[-1])), flush=True)
     columns = ["case", "N", "q", "epochs", "torch s", "random s", "d2ace s"]
-    columns += ["d2ace/random", "cpu d2ace/random", "d2ace/torch", "random/torch"]
+    columns += ["d2ace/random", "paired range", "cpu d2ace/random", "d2ace/torch", "random/torch"]
     print("\n## Fit time, medians over repeats\n")
     print(table(rows, columns))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -1,0 +1,42 @@
+"""Smoke tests of the benchmark scripts (docs/performance.md): they run and print tables."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_bench_overhead_prints_ratios():
+    out = run("bench_overhead.py", "--cases", "synthetic-600-5", "--repeats", "2", "--epochs", "3")
+    row = next(line for line in out.splitlines()[::-1] if line.startswith("| synthetic-600-5"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # case, N, q, epochs, torch s, random s, d2ace s, d2ace/random, paired range, ...
+    assert cells[:4] == ["synthetic-600-5", "600", "5", "3"]
+    assert all(float(cell) > 0 for cell in cells[4:8])
+    assert re.fullmatch(r"\d+\.\d\d–\d+\.\d\d", cells[8])
+    assert "peak resident memory" in out
+
+
+def test_bench_selection_prints_stages_and_bytes():
+    out = run("bench_selection.py", "--sizes", "500x4", "1000x4", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| 1000 | 4 |")]
+    assert rows, out
+    cells = [float(cell) for cell in rows[-1].strip("|").split("|")]
+    assert all(value > 0 for value in cells[2:9])  # every stage took some time
+    assert 20 <= cells[-1] <= 32  # recorded state per (instance, label)
+    assert "slope vs N" in out
