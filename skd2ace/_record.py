@@ -38,10 +38,11 @@ class TrainingRecord:
     ``background=True`` (its numpy kernels release the GIL, so the bookkeeping
     overlaps training while the next queue fills); what is left is applied when the
     metrics are read or :meth:`flush` is called. Applying a queue is one vectorised
-    pass: the rows are sorted by instance (training order within an instance, so the result is that
-    of recording batch by batch), which sweeps the cold state arrays in address
-    order; an instance with several rows gets them as consecutive predictions
-    (changes between neighbouring rows, the flip EMA as one weighted segment sum).
+    pass: the rows are sorted by instance (training order within an instance, so
+    the result is that of recording batch by batch), which sweeps the cold state
+    arrays in address order; an instance with several rows gets them as consecutive
+    predictions (changes between neighbouring rows, the flip EMA as one weighted
+    segment sum).
 
     Instances never recorded count as the uninformed prediction ``p = 0.5``:
     ``E = 1 − λ`` and ``H = 0.5``. A non-finite prediction (a transiently
@@ -109,10 +110,7 @@ class TrainingRecord:
         # instance's metrics depend on its own state only).
         self._uncertainty = np.empty(shape, dtype=np.float32)
         self._hardness = np.empty(shape, dtype=np.float32)
-        for rows in selection._row_blocks(n_samples, n_labels):
-            self._write_metrics(
-                rows, self.last[rows], self.flip[rows], self.loss[rows], self.seen[rows]
-            )
+        self._write_metrics(np.arange(n_samples), self.last, self.flip, self.loss, self.seen)
         # Batches are queued as they come and applied with preallocated scratch
         # arrays (fresh multi-megabyte temporaries would cost page faults); in the
         # background, by a worker thread while the next queue fills.
@@ -137,10 +135,8 @@ class TrainingRecord:
         return self._hardness
 
     def _write_metrics(self, rows, last, flip, loss, seen) -> None:
-        """Write ``E`` and ``H`` of ``rows`` (a slice or instance indices) from their
-        state (``last``, ``flip``, ``loss``, ``seen``: that state's rows)."""
-        if isinstance(rows, slice):
-            rows = np.arange(*rows.indices(self.n_samples))
+        """Write ``E`` and ``H`` of the instances ``rows`` from their state (``last``,
+        ``flip``, ``loss``, ``seen``: that state's rows, in the same order)."""
         pairs = np.clip(seen - 1, 1, self.slots).astype(np.float32)
         scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
         # In blocks of at most 2**15 values: larger temporaries, once freed, are
@@ -303,7 +299,8 @@ class TrainingRecord:
         if fresh:  # an instance's very first prediction has no predecessor: no change
             change[before == 0] = 0.0
 
-        keep = np.float32(1.0 - self.flip_decay)
+        decay = 1.0 - self.flip_decay
+        keep = np.float32(decay)
         flip = np.take(self.flip, unique, axis=0, out=work["previous"][:m])
         if distinct:
             # f ← α·c + (1 − α)·f, written as (1 − α)(f − c) + c: no temporary.
@@ -313,8 +310,8 @@ class TrainingRecord:
         else:
             # After k steps f = (1 − α)^k f + Σ_t α (1 − α)^(k − 1 − t) c_t: one
             # segment sum instead of one pass per occurrence rank.
-            weight = (self.flip_decay * (1.0 - self.flip_decay) ** remaining).astype(np.float32)
-            flip *= (1.0 - self.flip_decay) ** counts.astype(np.float32)[:, None]
+            weight = (self.flip_decay * decay**remaining).astype(np.float32)
+            flip *= decay ** counts.astype(np.float32)[:, None]
             # Weighted segment sums as one sparse product (np.add.reduceat along
             # rows is 3× slower).
             segments = sp.csr_array((weight, np.arange(n), np.append(starts, n)), shape=(m, n))
