@@ -221,19 +221,7 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
            [0.481, 0.519]])
     """
     m = _floats(metric)
-    n, q = m.shape
-    Y = _labels(Y)
-    dense = dense_products(n, q)
-    # The sparse M̃ holds only Y's positives (no N × q temporary): one product.
-    blocks = _row_blocks(n, q) if dense else [slice(0, n)]
-    gram = np.zeros((q, q))
-    for rows in blocks:
-        masked = _masked(m[rows], Y[rows], dense)
-        block = masked.T @ masked
-        gram += block.toarray() if sp.issparse(block) else block
-    norms = np.sqrt(np.maximum(np.diag(gram), 0.0)) + eps
-    corr = gram / norms[:, None] / norms[None, :]
-    return corr / (corr.sum(axis=1, keepdims=True) + eps)
+    return _correlation(_masked_metric(m, _labels(Y)), eps)
 
 
 def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: np.ndarray):
@@ -270,22 +258,7 @@ def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: 
     array([2.    , 1.2037])
     """
     m = _floats(metric)
-    n, q = m.shape
-    v = np.asarray(weights, dtype=m.dtype)
-    C = np.asarray(correlation, dtype=m.dtype)
-    Y, Z = _labels(Y), _labels(Z)
-    dense = dense_products(n, q)
-    scores = np.empty(n)
-    for rows in _row_blocks(n, q):
-        block = m[rows]
-        boost = _masked(block * v, Y[rows], dense) @ C
-        context = Z[rows]
-        if sp.issparse(context):
-            extra = np.asarray(context.multiply(boost).sum(axis=1)).ravel()
-        else:
-            extra = np.einsum("ij,ij->i", boost, context, dtype=m.dtype, casting="unsafe")
-        scores[rows] = block @ v + extra
-    return scores
+    return _scores(m, _masked_metric(m, _labels(Y)), Z, weights, correlation)
 
 
 def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
@@ -436,13 +409,17 @@ def d2ace_distribution(
     (True, True)
     """
     q = np.shape(uncertainty_metric)[1]
+    labels = _labels(Y) if correlation else None
 
     def pool(metric, share):
         v = label_weights(metric, a, b) if dynamic_weights else np.ones(q)
         if share == 0.0:
             return v, None
         if correlation:
-            scores = instance_scores(metric, Y, Z, v, label_correlation(metric, Y))
+            # M ⊙ Y once for both terms (the sparse one costs a gather of nnz(Y) values).
+            m = _floats(metric)
+            masked = _masked_metric(m, labels)
+            scores = _scores(m, masked, Z, v, _correlation(masked))
         else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
             m = _floats(metric)
             scores = m @ v.astype(m.dtype)
@@ -603,3 +580,55 @@ def _masked(m: np.ndarray, Y, dense: bool):
     else:
         rows, cols = np.nonzero(Y)
     return sp.csr_matrix((m[rows, cols], (rows, cols)), shape=(n, q))
+
+
+def _masked_metric(m: np.ndarray, Y):
+    """``M̃ = M ⊙ Y`` for :func:`_correlation` and :func:`_scores`: a list of dense
+    row blocks (:func:`_row_blocks`) for small problems, else one CSR matrix built
+    from the positives of ``Y``."""
+    n, q = m.shape
+    if dense_products(n, q):
+        return [_masked(m[rows], Y[rows], True) for rows in _row_blocks(n, q)]
+    return _masked(m, Y, False)
+
+
+def _correlation(masked, eps: float = 1e-8) -> np.ndarray:
+    """:func:`label_correlation` from ``M̃`` (:func:`_masked_metric`)."""
+    if sp.issparse(masked):
+        # C order: the sparse product densifies in F order, and an F-ordered C̄
+        # would be copied in every product with it.
+        gram = np.ascontiguousarray((masked.T @ masked).toarray(), dtype=np.float64)
+    else:
+        q = masked[0].shape[1]
+        gram = np.zeros((q, q))
+        for block in masked:
+            gram += block.T @ block
+    norms = np.sqrt(np.maximum(np.diag(gram), 0.0)) + eps
+    corr = gram / norms[:, None] / norms[None, :]
+    return corr / (corr.sum(axis=1, keepdims=True) + eps)
+
+
+def _scores(m: np.ndarray, masked: list, Z, weights, correlation) -> np.ndarray:
+    """:func:`instance_scores` from ``M̃`` (:func:`_masked_metric`)."""
+    n, q = m.shape
+    v = np.asarray(weights, dtype=m.dtype)
+    C = np.ascontiguousarray(correlation, dtype=m.dtype)  # the products need C order
+    Z = _labels(Z)
+    scores = np.empty(n)
+    for k, rows in enumerate(_row_blocks(n, q)):
+        block = m[rows]
+        part = masked[rows] if sp.issparse(masked) else masked[k]
+        if sp.issparse(part):  # (M̃ diag v) on the stored entries only
+            part = sp.csr_matrix(
+                (part.data * v[part.indices], part.indices, part.indptr), shape=part.shape
+            )
+        else:
+            part = part * v
+        boost = part @ C
+        context = Z[rows]
+        if sp.issparse(context):
+            extra = np.asarray(context.multiply(boost).sum(axis=1)).ravel()
+        else:
+            extra = np.einsum("ij,ij->i", boost, context, dtype=m.dtype, casting="unsafe")
+        scores[rows] = block @ v + extra
+    return scores

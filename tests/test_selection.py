@@ -320,10 +320,19 @@ def test_hardness_matches_reference(seed):
         close(got32, ref.hardness(loss.astype(np.float32), flip.astype(np.float32)))
 
 
+@pytest.fixture(params=["dense", "sparse"])
+def products(request, monkeypatch):
+    """Both ways of computing the correlation terms: dense masked products (small
+    problems) and sparse ones over the positives of Y (large problems)."""
+    if request.param == "sparse":
+        monkeypatch.setattr(selection, "DENSE_WORK", -1)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("density", [0.0, 0.15, 0.6, 1.0])
-def test_core_matches_reference(seed, sparse, density):
+def test_core_matches_reference(seed, sparse, density, products):
     rng = np.random.default_rng(seed)
     for n, q in SHAPES:
         Y = random_labels(rng, n, q, density, sparse)
@@ -340,7 +349,9 @@ def test_core_matches_reference(seed, sparse, density):
         for context in (Z, sp.csr_matrix(Z), np.ones((n, q), dtype=np.int8)):
             got = selection.instance_scores(M, Y, context, v, C)
             close(got, ref.instance_scores(M, Y, context, v, C))
+        # A correlation matrix in Fortran order gives the same scores.
         scores = ref.instance_scores(M, Y, Z, v, C)
+        close(selection.instance_scores(M, Y, Z, v, np.asfortranarray(C)), scores)
         for s in (1.0, 2.5, 8.0, 100.0):
             close(selection.rank_probabilities(scores, s), ref.rank_probabilities(scores, s))
 
@@ -367,7 +378,7 @@ def test_float32_metrics_within_1e6(n, q):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_d2ace_distribution_matches_reference(seed, sparse):
+def test_d2ace_distribution_matches_reference(seed, sparse, products):
     rng = np.random.default_rng(seed)
     for n, q in SHAPES:
         Y = random_labels(rng, n, q, 0.3, sparse)
