@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from skorch import NeuralNet
+from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import is_dataset, to_tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
@@ -92,6 +93,17 @@ class D2ACENet(NeuralNet):
             seed = int(torch.randint(2**62, ()).item()) if training else 0
             kwargs["generator"] = torch.Generator().manual_seed(seed)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_batch, **kwargs)
+
+    def notify(self, method_name, **cb_kwargs):
+        # skorch calls every callback's hook three times per batch; most callbacks
+        # (timer, scoring, logging) keep the base class's no-op there. Skipping those
+        # calls is the same as making them (they do nothing) and saves ~20 µs per batch.
+        getattr(self, method_name)(self, **cb_kwargs)
+        noop = getattr(Callback, method_name, None)
+        for _, cb in self.callbacks_:
+            hook = getattr(cb, method_name)
+            if noop is None or getattr(hook, "__func__", hook) is not noop:
+                hook(self, **cb_kwargs)
 
     def _set_training(self, training=True):
         # skorch switches the mode before every batch; Module.train recurses into

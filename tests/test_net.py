@@ -127,3 +127,59 @@ def test_verbose_prints_one_row_per_epoch_and_silent_prints_nothing(capsys):
     assert "label_weights" not in out  # per-label vectors stay out of the table
     D2ACEMultiLabelClassifier(max_epochs=3, verbose=0, random_state=0).fit(X, Y)
     assert capsys.readouterr().out == ""
+
+
+HOOKS = ("on_batch_begin", "on_batch_end", "on_grad_computed", "on_epoch_end")
+
+
+def counting_callback():
+    """A skorch Callback whose hooks are instance attributes (not methods), counting
+    their calls."""
+    from skorch.callbacks import Callback
+
+    callback = Callback()
+    callback.calls = dict.fromkeys(HOOKS, 0)
+    for name in HOOKS:
+        setattr(
+            callback,
+            name,
+            lambda net, _name=name, **kw: callback.calls.update({_name: callback.calls[_name] + 1}),
+        )
+    return callback
+
+
+def test_callbacks_get_every_hook_they_define():
+    # The net skips the base Callback's no-op batch hooks; hooks a callback defines
+    # (its own methods, or any attribute on a duck-typed callback) are still called.
+    from skorch.callbacks import Callback
+
+    class BatchEnd(Callback):
+        def __init__(self):
+            self.batches, self.grads = 0, 0
+
+        def on_batch_end(self, net, batch=None, training=None, **kwargs):
+            self.batches += training
+
+        def on_grad_computed(self, net, named_parameters, **kwargs):
+            self.grads += len(list(named_parameters))
+
+    X, Y, _ = bookkeeping_problem(n=50)
+    batch_end, counting = BatchEnd(), counting_callback()
+    sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=2, warmup_epochs=1, random_state=0)
+    net = D2ACENet(
+        RowLogits,
+        module__n_labels=Y.shape[1],
+        criterion=torch.nn.BCEWithLogitsLoss,
+        criterion__reduction="none",
+        max_epochs=2,
+        batch_size=8,
+        train_split=None,
+        batch_sampler=sampler,
+        callbacks=[("batch_end", batch_end), ("counting", counting)],
+        verbose=0,
+    )
+    net.fit(X, Y)
+    assert batch_end.batches == 14 and batch_end.grads == 14  # one parameter
+    assert counting.calls["on_batch_begin"] == counting.calls["on_batch_end"] == 14
+    assert counting.calls["on_grad_computed"] == 14
+    assert counting.calls["on_epoch_end"] == 2
