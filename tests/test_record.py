@@ -417,7 +417,7 @@ def test_record_background_error_surfaces_and_pickles_without_thread(monkeypatch
     for i in range(6):  # two rows per queue: a full queue goes to the worker thread
         record.update([i % 10, (i + 3) % 10], np.full((2, 2), 0.2), np.full((2, 2), 0.3))
     clone = pickle.loads(pickle.dumps(record))  # waits for the worker, applies the rest
-    assert clone._executor is None and clone._pending is None
+    assert clone._executor is None and clone._pending == []
     np.testing.assert_array_equal(clone.seen, record.seen)
     assert int(record.seen.sum()) == 12
     np.testing.assert_array_equal(clone.uncertainty, record.uncertainty)
@@ -488,3 +488,36 @@ def test_record_applies_a_queue_of_many_tiny_batches():
         longest = max(longest, len(record._queue))
     assert longest == 511
     compare(record, reference, 0.5)
+
+
+def test_record_background_keeps_two_queues_in_flight(monkeypatch):
+    # Training hands a second full queue to a worker still busy with the first, and
+    # only waits at the third; the result is that of applying them in order.
+    import threading
+
+    from skd2ace import _record
+
+    record = TrainingRecord(10, 2, flush_every=8, background=True)
+    synchronous = TrainingRecord(10, 2, flush_every=8)
+    release, apply = threading.Event(), record._apply_queue
+
+    def blocked(queue):
+        assert release.wait(30), "the test never released the worker"
+        apply(queue)
+
+    monkeypatch.setattr(record, "_apply_queue", blocked)
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 10, 2), rng.random((2, 2)), rng.random((2, 2))) for _ in range(6)]
+    for batch in batches[:4]:  # two full queues of two batches each
+        record.update(*batch)
+        synchronous.update(*batch)
+    assert len(record._pending) == _record._MAX_PENDING == 2
+    assert not any(f.done() for f in record._pending)  # the worker is still blocked
+    release.set()
+    for batch in batches[4:]:
+        record.update(*batch)
+        synchronous.update(*batch)
+    np.testing.assert_array_equal(record.uncertainty, synchronous.uncertainty)
+    np.testing.assert_array_equal(record.hardness, synchronous.hardness)
+    assert record._pending == []
+    record.close()
