@@ -221,7 +221,7 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
            [0.481, 0.519]])
     """
     m = _floats(metric)
-    return _correlation(_masked_metric(m, _labels(Y)), eps)
+    return _correlation(_masked_metric(m, _labels(Y)), m.shape[1], eps)
 
 
 def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: np.ndarray):
@@ -419,7 +419,7 @@ def d2ace_distribution(
             # M ⊙ Y once for both terms (the sparse one costs a gather of nnz(Y) values).
             m = _floats(metric)
             masked = _masked_metric(m, labels)
-            scores = _scores(m, masked, Z, v, _correlation(masked))
+            scores = _scores(m, masked, Z, v, _correlation(masked, q))
         else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
             m = _floats(metric)
             scores = m @ v.astype(m.dtype)
@@ -592,14 +592,13 @@ def _masked_metric(m: np.ndarray, Y):
     return _masked(m, Y, False)
 
 
-def _correlation(masked, eps: float = 1e-8) -> np.ndarray:
-    """:func:`label_correlation` from ``M̃`` (:func:`_masked_metric`)."""
+def _correlation(masked, q: int, eps: float = 1e-8) -> np.ndarray:
+    """:func:`label_correlation` from ``M̃`` (:func:`_masked_metric`) with ``q`` labels."""
     if sp.issparse(masked):
         # C order: the sparse product densifies in F order, and an F-ordered C̄
         # would be copied in every product with it.
         gram = np.ascontiguousarray((masked.T @ masked).toarray(), dtype=np.float64)
     else:
-        q = masked[0].shape[1]
         gram = np.zeros((q, q))
         for block in masked:
             gram += block.T @ block
@@ -608,7 +607,7 @@ def _correlation(masked, eps: float = 1e-8) -> np.ndarray:
     return corr / (corr.sum(axis=1, keepdims=True) + eps)
 
 
-def _scores(m: np.ndarray, masked: list, Z, weights, correlation) -> np.ndarray:
+def _scores(m: np.ndarray, masked, Z, weights, correlation) -> np.ndarray:
     """:func:`instance_scores` from ``M̃`` (:func:`_masked_metric`)."""
     n, q = m.shape
     v = np.asarray(weights, dtype=m.dtype)

@@ -803,3 +803,10 @@ def test_d2ace_distribution_pools_in_threads_match(monkeypatch, sparse):
     for key in ("label_weights_uncertainty", "label_weights_hardness"):
         np.testing.assert_array_equal(info[key], want_info[key])
     assert info["ess"] == want_info["ess"]
+
+
+def test_correlation_terms_of_an_empty_metric(products):
+    # No instances: no correlation, no scores (both product paths).
+    M, Y = np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int8)
+    np.testing.assert_array_equal(selection.label_correlation(M, Y), np.zeros((3, 3)))
+    assert selection.instance_scores(M, Y, Y, np.ones(3), np.zeros((3, 3))).shape == (0,)
