@@ -62,6 +62,28 @@ def test_binary_entropy_hand():
     close(got32, [1.0, H2_025, H2_025, H2_CLIP, H2_CLIP, H2_06])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_metric_formulas_exactly_as_written(dtype):
+    # The metric functions update their own temporaries in place (speed); their results
+    # are the formulas' as written, to the bit, and scalars stay scalars.
+    rng = np.random.default_rng(3)
+    p, fl, loss, flip = (rng.random((40, 3)).astype(dtype) for _ in range(4))
+    p[0] = [0.0, 1.0, 0.5]
+    c = np.clip(p, 1e-7, 1 - 1e-7)
+    h2 = -(c * np.log2(c) + (1.0 - c) * np.log2(1.0 - c))
+    np.testing.assert_array_equal(selection.binary_entropy(p), h2)
+    np.testing.assert_array_equal(
+        selection.combine_uncertainty(fl, p, 0.3), 0.3 * fl + (1.0 - 0.3) * h2
+    )
+    want = -np.expm1(-loss) * (1.0 - flip)
+    np.testing.assert_array_equal(selection.hardness(loss, flip), want)
+    broadcast = selection.hardness(loss[:1], flip)
+    np.testing.assert_array_equal(broadcast, -np.expm1(-loss[:1]) * (1.0 - flip))
+    for scalar in (dtype(0.25), 0.25):
+        assert np.ndim(selection.binary_entropy(scalar)) == 0
+        assert np.ndim(selection.hardness(scalar, scalar)) == 0
+
+
 def test_combine_uncertainty_hand():
     got = selection.combine_uncertainty(np.array([[0.2, 0.4]]), np.array([[0.5, 0.25]]))
     # λ = .5: .5·.2 + .5·H2(.5) = .1 + .5 = .6 ;  .5·.4 + .5·H2(.25) = .2 + .405639 = .605639
