@@ -28,25 +28,34 @@ def bookkeeping_problem(n=203, q=3, seed=0):
     return X, Y, logits
 
 
+def row_logits_net(sampler, n_labels, **kwargs):
+    """A D2ACENet over :class:`RowLogits` with an elementwise BCE, training on all rows
+    with ``sampler``'s batches, silent; ``kwargs`` add or override net parameters."""
+    params = {
+        "module__n_labels": n_labels,
+        "criterion": torch.nn.BCEWithLogitsLoss,
+        "criterion__reduction": "none",
+        "train_split": None,
+        "batch_sampler": sampler,
+        "verbose": 0,
+    }
+    return D2ACENet(RowLogits, **{**params, **kwargs})
+
+
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_recorded_losses_belong_to_batch_rows(num_workers):
     X, Y, logits = bookkeeping_problem()
     sampler = D2ACEBatchSampler(
         Y, batch_size=16, max_epochs=4, warmup_epochs=1, ramp_end=3, random_state=0
     )
-    net = D2ACENet(
-        RowLogits,
-        module__n_labels=Y.shape[1],
-        criterion=torch.nn.BCEWithLogitsLoss,
-        criterion__reduction="none",
+    net = row_logits_net(
+        sampler,
+        Y.shape[1],
         optimizer=torch.optim.SGD,
         lr=0.0,
         max_epochs=4,
         batch_size=16,
-        train_split=None,
-        batch_sampler=sampler,
         iterator_train__num_workers=num_workers,
-        verbose=0,
     )
     net.fit(X, Y)
     record = sampler.record_
@@ -69,18 +78,7 @@ def test_recorded_losses_belong_to_batch_rows(num_workers):
 def test_history_gets_sampler_info_and_iterator_length():
     X, Y, _ = bookkeeping_problem(n=50)
     sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=3, warmup_epochs=1, random_state=0)
-    net = D2ACENet(
-        RowLogits,
-        module__n_labels=Y.shape[1],
-        criterion=torch.nn.BCEWithLogitsLoss,
-        criterion__reduction="none",
-        lr=0.0,
-        max_epochs=3,
-        batch_size=8,
-        train_split=None,
-        batch_sampler=sampler,
-        verbose=0,
-    )
+    net = row_logits_net(sampler, Y.shape[1], lr=0.0, max_epochs=3, batch_size=8)
     net.fit(X, Y)
     assert net.history[:, "train_batch_count"] == [7, 7, 7]
     assert net.history[0, "selection_ess"] == 1.0
@@ -166,17 +164,12 @@ def test_callbacks_get_every_hook_they_define():
     X, Y, _ = bookkeeping_problem(n=50)
     batch_end, counting = BatchEnd(), counting_callback()
     sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=2, warmup_epochs=1, random_state=0)
-    net = D2ACENet(
-        RowLogits,
-        module__n_labels=Y.shape[1],
-        criterion=torch.nn.BCEWithLogitsLoss,
-        criterion__reduction="none",
+    net = row_logits_net(
+        sampler,
+        Y.shape[1],
         max_epochs=2,
         batch_size=8,
-        train_split=None,
-        batch_sampler=sampler,
         callbacks=[("batch_end", batch_end), ("counting", counting)],
-        verbose=0,
     )
     net.fit(X, Y)
     assert batch_end.batches == 14 and batch_end.grads == 14  # one parameter
