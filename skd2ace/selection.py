@@ -427,13 +427,12 @@ def d2ace_distribution(
         v = label_weights(metric, a, b) if dynamic_weights else np.ones(q)
         if share == 0.0:
             return v, None
+        m = _floats(metric)
         if correlation:
             # M ⊙ Y once for both terms (the sparse one costs a gather of nnz(Y) values).
-            m = _floats(metric)
             masked = _masked_metric(m, labels)
             scores = _scores(m, masked, Z, v, _correlation(masked, q))
         else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
-            m = _floats(metric)
             scores = m @ v.astype(m.dtype)
         return v, share * rank_probabilities(scores, pressure)
 
