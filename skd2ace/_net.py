@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
-from skorch.dataset import unpack_data
+from skorch.dataset import get_len, unpack_data
 from skorch.utils import is_dataset, to_tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
@@ -99,11 +99,53 @@ class D2ACENet(NeuralNet):
         # (timer, scoring, logging) keep the base class's no-op there. Skipping those
         # calls is the same as making them (they do nothing) and saves ~20 µs per batch.
         getattr(self, method_name)(self, **cb_kwargs)
+        for hook in self._callback_hooks(method_name):
+            hook(self, **cb_kwargs)
+
+    def _callback_hooks(self, method_name):
+        """The callbacks' ``method_name`` hooks that are not the base no-op."""
         noop = getattr(Callback, method_name, None)
         for _, cb in self.callbacks_:
             hook = getattr(cb, method_name)
             if noop is None or getattr(hook, "__func__", hook) is not noop:
-                hook(self, **cb_kwargs)
+                yield hook
+
+    def train_step(self, batch, **fit_params):
+        # skorch builds the arguments of the on_grad_computed hooks (a generator over
+        # the parameters, wrapped for sharing) before every optimizer step, whether or
+        # not anything listens. When neither the net nor a callback does, this is
+        # skorch's step without that notification.
+        own = getattr(self.on_grad_computed, "__func__", None)
+        if own is not NeuralNet.on_grad_computed or any(self._callback_hooks("on_grad_computed")):
+            return super().train_step(batch, **fit_params)
+        accumulator = self.get_train_step_accumulator()
+
+        def step_fn():
+            self._zero_grad_optimizer()
+            step = self.train_step_single(batch, **fit_params)
+            accumulator.store_step(step)
+            return step["loss"]
+
+        self._step_optimizer(step_fn)
+        return accumulator.get_step()
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if not isinstance(iterator, _BatchIterator):
+            return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        # skorch's loop, for the batches of an IndexedDataset: the batch size is that of
+        # the row indices (skorch's get_len walks the batch's dict), and the two
+        # per-batch history entries are written into the batch's row at once.
+        loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        batch_count = 0
+        for batch in iterator:
+            self.notify("on_batch_begin", batch=batch, training=training)
+            step = step_fn(batch, **fit_params)
+            row = self.history[-1]["batches"][-1]
+            row[loss_key] = step["loss"].item()
+            row[size_key] = _batch_size(batch)
+            self.notify("on_batch_end", batch=batch, training=training, **step)
+            batch_count += 1
+        self.history.record(prefix + "_batch_count", batch_count)
 
     def _set_training(self, training=True):
         # skorch switches the mode before every batch; Module.train recurses into
@@ -153,6 +195,14 @@ class D2ACENet(NeuralNet):
             if isinstance(value, np.ndarray):
                 value = value.tolist()
             self.history.record(key, value)
+
+
+def _batch_size(batch) -> int:
+    """Rows in a batch: those of its row indices, else skorch's ``get_len``."""
+    xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(xb, Mapping) and "sample_idx" in xb:
+        return len(xb["sample_idx"])
+    return get_len(xb)
 
 
 class _BatchIterator:

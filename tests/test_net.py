@@ -176,3 +176,51 @@ def test_callbacks_get_every_hook_they_define():
     assert counting.calls["on_batch_begin"] == counting.calls["on_batch_end"] == 14
     assert counting.calls["on_grad_computed"] == 14
     assert counting.calls["on_epoch_end"] == 2
+
+
+@pytest.mark.parametrize("with_sampler", [True, False])
+def test_batch_history_matches_skorch_loop(with_sampler):
+    # The net's own loop over in-process batches writes what skorch's loop (taken
+    # with a DataLoader) writes: per-batch losses and sizes, batch counts.
+    from skorch.dataset import ValidSplit
+
+    X, Y, _ = bookkeeping_problem(n=61)
+
+    def fit(**kwargs):
+        sampler = None
+        if with_sampler:
+            sampler = D2ACEBatchSampler(
+                Y, batch_size=8, max_epochs=3, warmup_epochs=1, random_state=0
+            )
+        split = None if with_sampler else ValidSplit(4)
+        net = row_logits_net(sampler, Y.shape[1], max_epochs=3, batch_size=8, **kwargs)
+        net.set_params(train_split=split)
+        return net.fit(X, Y).history
+
+    ours = fit()
+    skorchs = fit(iterator_train__pin_memory=False, iterator_valid__pin_memory=False)
+    keys = ["train_loss", "train_batch_size", "valid_loss", "valid_batch_size"]
+    for mine, theirs in zip(ours, skorchs, strict=True):
+        assert [{k: b[k] for k in keys if k in b} for b in mine["batches"]] == [
+            {k: b[k] for k in keys if k in b} for b in theirs["batches"]
+        ]
+        for key in ("train_batch_count", "valid_batch_count", "train_loss", "valid_loss"):
+            assert mine.get(key) == theirs.get(key)
+    sizes = [b["train_batch_size"] for b in ours[0]["batches"] if "train_batch_size" in b]
+    assert sum(sizes) == (61 if with_sampler else 61 - 16)
+    if not with_sampler:
+        assert sum(b.get("valid_batch_size", 0) for b in ours[0]["batches"]) == 16
+
+
+def test_net_own_grad_hook_is_called():
+    class Net(D2ACENet):
+        grads = 0
+
+        def on_grad_computed(self, net, named_parameters, **kwargs):
+            Net.grads += len(list(named_parameters))
+
+    X, Y, _ = bookkeeping_problem(n=40)
+    sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=2, warmup_epochs=1, random_state=0)
+    params = row_logits_net(sampler, Y.shape[1]).get_params(deep=False)
+    Net(**{**params, "max_epochs": 2, "batch_size": 8}).fit(X, Y)
+    assert Net.grads == 10  # 5 batches × 2 epochs, one parameter
