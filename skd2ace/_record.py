@@ -115,7 +115,12 @@ class TrainingRecord:
         # instance's metrics depend on its own state only).
         self._uncertainty = np.empty(shape, dtype=np.float32)
         self._hardness = np.empty(shape, dtype=np.float32)
-        self._write_metrics(np.arange(n_samples), self.last, self.flip, self.loss, self.seen)
+        # Every instance starts uninformed: the metrics of one such row, for all.
+        self._write_metrics(
+            np.zeros(1, dtype=np.intp), self.last[:1], self.flip[:1], self.loss[:1], self.seen[:1]
+        )
+        self._uncertainty[1:] = self._uncertainty[0]
+        self._hardness[1:] = self._hardness[0]
         # Batches are queued as they come and applied with preallocated scratch
         # arrays (fresh multi-megabyte temporaries would cost page faults); in the
         # background, by a worker thread while the next queues fill.

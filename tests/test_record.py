@@ -521,3 +521,29 @@ def test_record_background_keeps_two_queues_in_flight(monkeypatch):
     np.testing.assert_array_equal(record.hardness, synchronous.hardness)
     assert record._pending == []
     record.close()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_record_metric_blocks_do_not_change_results(monkeypatch, background):
+    # E and H are written block by block (one row per block, or many rows per block):
+    # the same values, whether applied here or by the background worker.
+    from skd2ace import _record
+
+    rng = np.random.default_rng(5)
+    batches = [
+        (rng.integers(0, 30, 9), random_proba(rng, 9, 3), rng.random((9, 3))) for _ in range(25)
+    ]
+
+    def run(metric_block):
+        monkeypatch.setattr(_record, "_METRIC_BLOCK", metric_block)
+        record = TrainingRecord(30, 3, flush_every=40, background=background)
+        for batch in batches:
+            record.update(*batch)
+        E, H = record.uncertainty.copy(), record.hardness.copy()
+        record.close()
+        return E, H
+
+    whole, one_row = run(2**15), run(1)
+    np.testing.assert_array_equal(whole[0], one_row[0])
+    np.testing.assert_array_equal(whole[1], one_row[1])
+    assert not np.all(whole[0] == whole[0][0, 0])  # the batches changed the metrics
