@@ -116,11 +116,10 @@ class TrainingRecord:
         self._uncertainty = np.empty(shape, dtype=np.float32)
         self._hardness = np.empty(shape, dtype=np.float32)
         # Every instance starts uninformed: the metrics of one such row, for all.
-        self._write_metrics(
-            np.zeros(1, dtype=np.intp), self.last[:1], self.flip[:1], self.loss[:1], self.seen[:1]
-        )
-        self._uncertainty[1:] = self._uncertainty[0]
-        self._hardness[1:] = self._hardness[0]
+        first = np.zeros(min(n_samples, 1), dtype=np.intp)
+        self._write_metrics(first, self.last[:1], self.flip[:1], self.loss[:1], self.seen[:1])
+        self._uncertainty[1:] = self._uncertainty[:1]
+        self._hardness[1:] = self._hardness[:1]
         # Batches are queued as they come and applied with preallocated scratch
         # arrays (fresh multi-megabyte temporaries would cost page faults); in the
         # background, by a worker thread while the next queues fill.

@@ -146,6 +146,8 @@ def test_record_hand():
 
 
 def test_record_never_seen_and_first_prediction():
+    assert TrainingRecord(0, 3).uncertainty.shape == (0, 3)
+    np.testing.assert_allclose(TrainingRecord(4, 2, lam=0.2).uncertainty, 0.8)  # E = 1 − λ
     record = TrainingRecord(5, 3, lam=0.5)
     np.testing.assert_array_equal(record.uncertainty, 0.5)  # E = 1 − λ
     np.testing.assert_array_equal(record.hardness, 0.5)  # H = (1 − e^−ln2)(1 − 0)
