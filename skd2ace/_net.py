@@ -41,6 +41,9 @@ class D2ACENet(NeuralNet):
     weight, effective sample size, label weights) into :attr:`history`.
 
     Datasets are :class:`~skd2ace._data.IndexedDataset` (whole batches per fetch).
+    Batches loaded in-process go through the net's own copy of skorch's batch loop
+    (same history entries, same callback hooks, less per-batch work); callbacks are
+    called for every hook they define, and skipped where they keep the base no-op.
     Use it through :class:`skd2ace.D2ACEMultiLabelClassifier`; build it directly
     only to customise skorch further.
 
