@@ -245,9 +245,10 @@ class D2ACEBatchSampler(Sampler):
         return state
 
     def _weights(self, metric: np.ndarray) -> list[float]:
-        if not self.dynamic_weights:
-            return [1.0] * self.n_labels
-        return selection.label_weights(metric, self.weight_mean, self.weight_std).tolist()
+        # The weights d2ace_distribution would use (warm-up epochs only record them).
+        return selection._pool_weights(
+            metric, self.weight_mean, self.weight_std, self.dynamic_weights
+        ).tolist()
 
     def _shuffled(self) -> list[np.ndarray]:
         order = self.rng.permutation(self.n_samples)

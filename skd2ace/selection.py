@@ -424,7 +424,7 @@ def d2ace_distribution(
     labels = _labels(Y) if correlation else None
 
     def pool(metric, share):
-        v = label_weights(metric, a, b) if dynamic_weights else np.ones(q)
+        v = _pool_weights(metric, a, b, dynamic_weights)
         if share == 0.0:
             return v, None
         m = _floats(metric)
@@ -527,6 +527,12 @@ def draw_batches(
         chosen = np.argpartition(keys, more - 1)[:more]
         batches[row] = np.concatenate([found, chosen[np.argsort(keys[chosen])]])
     return batches
+
+
+def _pool_weights(metric: np.ndarray, a: float, b: float, dynamic: bool) -> np.ndarray:
+    """A pool's label weights ``v``: :func:`label_weights`, or ones when the weights
+    are static (the ablation)."""
+    return label_weights(metric, a, b) if dynamic else np.ones(np.shape(metric)[1])
 
 
 def _floats(x) -> np.ndarray:

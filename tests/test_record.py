@@ -549,3 +549,24 @@ def test_record_metric_blocks_do_not_change_results(monkeypatch, background):
     np.testing.assert_array_equal(whole[0], one_row[0])
     np.testing.assert_array_equal(whole[1], one_row[1])
     assert not np.all(whole[0] == whole[0][0, 0])  # the batches changed the metrics
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_sampler_warmup_label_weights(dynamic):
+    # Warm-up epochs shuffle, but still report the weights the distribution would use.
+    Y = np.eye(3, dtype=int).repeat(4, axis=0)
+    sampler = D2ACEBatchSampler(
+        Y, batch_size=4, max_epochs=6, warmup_epochs=3, dynamic_weights=dynamic, random_state=0
+    )
+    rng = np.random.default_rng(0)
+    for b in sampler:
+        sampler.record(b, rng.random((len(b), 3)), rng.random((len(b), 3)))
+    E, H = sampler.record_.uncertainty.copy(), sampler.record_.hardness.copy()
+    sampler.plan_epoch()  # the second warm-up epoch, from what the first recorded
+    info = sampler.epoch_info_
+    assert info["selection_ess"] == 1.0
+    if dynamic:
+        np.testing.assert_allclose(info["label_weights_uncertainty"], selection.label_weights(E))
+        np.testing.assert_allclose(info["label_weights_hardness"], selection.label_weights(H))
+    else:
+        assert info["label_weights_uncertainty"] == info["label_weights_hardness"] == [1.0] * 3
