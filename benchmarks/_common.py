@@ -80,21 +80,32 @@ def estimator(strategy: str, epochs: int, warmup: int | None = None, **kwargs):
     )
 
 
-def plain_torch_fit(X: np.ndarray, Y: np.ndarray, epochs: int, batch_size: int = 128) -> None:
+def plain_torch_fit(
+    X: np.ndarray, Y: np.ndarray, epochs: int, batch_size: int = 128, device: str = "cpu"
+) -> None:
     """The same MLP, optimizer, loss, batch size and epochs as the estimator's
-    defaults, in a hand-written torch loop with uniform shuffling."""
+    defaults, in a hand-written torch loop with uniform shuffling (on a GPU with the
+    whole training set moved to it once)."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32))
-    model = MLP(X.shape[1], Y.shape[1])
+    Xt = torch.from_numpy(X).to(device)
+    Yt = torch.from_numpy(Y.astype(np.float32)).to(device)
+    model = MLP(X.shape[1], Y.shape[1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
     criterion = torch.nn.BCEWithLogitsLoss()
     model.train()
     for _ in range(epochs):
-        for idx in torch.randperm(len(Xt), generator=gen).split(batch_size):
+        for idx in torch.randperm(len(Xt), generator=gen).to(device).split(batch_size):
             optimizer.zero_grad()
             criterion(model(Xt[idx]), Yt[idx]).backward()
             optimizer.step()
+    synchronize(device)
+
+
+def synchronize(device: str) -> None:
+    """Wait for the device's queued work (a CUDA fit's last steps run asynchronously)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:

@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_overhead.py                      # yeast (30 epochs) + plain torch
     python benchmarks/bench_overhead.py --cases yeast delicious synthetic-100000-100 \\
         synthetic-1000000-20 --repeats 3
+    python benchmarks/bench_overhead.py --device cuda         # all three loops on a GPU
 
 Every number is a median over ``--repeats`` fits in this process, after one warm-up fit
 (the first torch optimizer in a process costs a one-off import). Ratios compare runs of
@@ -23,10 +24,19 @@ from __future__ import annotations
 import argparse
 import resource
 
-from _common import estimator, load, median, plain_torch_fit, set_threads, table, timed
+from _common import (
+    estimator,
+    load,
+    median,
+    plain_torch_fit,
+    set_threads,
+    synchronize,
+    table,
+    timed,
+)
 
 
-def measure(case: str, repeats: int, epochs: int | None) -> dict:
+def measure(case: str, repeats: int, epochs: int | None, device: str = "cpu") -> dict:
     X, Y = load(case)
     big = X.shape[0] > 20000
     epochs = epochs or (5 if big else 30)
@@ -34,19 +44,23 @@ def measure(case: str, repeats: int, epochs: int | None) -> dict:
     repeats = 1 if X.shape[0] >= 500000 else repeats
 
     def fit(strategy):
-        return lambda: estimator(strategy, epochs, warmup).fit(X, Y)
+        def run():
+            estimator(strategy, epochs, warmup, device=device).fit(X, Y)
+            synchronize(device)
+
+        return run
 
     fit("random")()  # warm-up fit: one-off imports and allocator growth
     runs = {"random": fit("random"), "d2ace": fit("d2ace")}
     if not big:
-        runs["torch"] = lambda: plain_torch_fit(X, Y, epochs)
+        runs["torch"] = lambda: plain_torch_fit(X, Y, epochs, device=device)
     times = {name: [] for name in runs}
     cpu = {name: [] for name in runs}
     for _ in range(repeats):  # interleaved, so that drifts of a shared machine hit all
         for name, run in runs.items():
             times[name] += timed(run, 1, cpu[name])
     row = {
-        "case": case,
+        "case": case if device == "cpu" else f"{case} ({device})",
         "N": X.shape[0],
         "q": Y.shape[1],
         "epochs": epochs,
@@ -79,11 +93,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="default: 30, 5 when N > 20000")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of all three loops (e.g. cuda)"
+    )
     args = parser.parse_args()
     set_threads(args.threads)
     rows = []
     for case in args.cases:
-        rows.append(measure(case, args.repeats, args.epochs))
+        rows.append(measure(case, args.repeats, args.epochs, args.device))
         print(table(rows[-1:], list(rows[-1])), flush=True)
     columns = ["case", "N", "q", "epochs", "torch s", "random s", "d2ace s"]
     columns += ["d2ace/random", "paired range", "cpu d2ace/random", "d2ace/torch"]
