@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -23,9 +22,6 @@ _MAX_QUEUED_BATCHES = 512
 _MAX_PENDING = 2
 # E and H are computed in blocks of at most this many values (see _write_metrics).
 _METRIC_BLOCK = 2**15
-# With several threads, a queue is split into parts of at least this many values (its
-# instances' rows are independent); smaller parts cost more in GIL hand-overs.
-_PART_VALUES = 2**16
 
 
 class TrainingRecord:
@@ -79,10 +75,6 @@ class TrainingRecord:
     background : bool, default=False
         Apply full queues in a worker thread (the batch sampler sets it when torch
         leaves a core free). Results do not depend on it or on timing.
-    threads : int, default=1
-        Threads that apply one queue together, each to its own instances (the batch
-        sampler uses the cores training leaves free: many on a GPU machine, where the
-        bookkeeping of one thread falls behind the GPU). Results do not depend on it.
 
     Examples
     --------
@@ -104,13 +96,11 @@ class TrainingRecord:
         lam: float = 0.5,
         flush_every: int = 2**18,
         background: bool = False,
-        threads: int = 1,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
         self.flush_every = flush_every
         self.background = background
-        self.threads = max(1, int(threads))
         shape = (n_samples, n_labels)
         self.seen = np.zeros(n_samples, dtype=np.int32)
         self.last = np.full(shape, 0.5, dtype=np.float32)
@@ -138,7 +128,6 @@ class TrainingRecord:
         self._work: dict[str, np.ndarray] = {}
         self._pending: list[Future] = []  # queues in the worker's hands, oldest first
         self._executor: ThreadPoolExecutor | None = None
-        self._helpers: ThreadPoolExecutor | None = None  # parts of a queue (threads > 1)
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -232,11 +221,9 @@ class TrainingRecord:
         else:
             self._wait()  # still raises its error
             self._queue, self._filled = [], 0
-        for name in ("_executor", "_helpers"):
-            executor = getattr(self, name)
-            if executor is not None:
-                executor.shutdown()
-                setattr(self, name, None)
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     def _dispatch(self) -> None:
         """Apply the full queue: in the background, or here."""
@@ -282,55 +269,12 @@ class TrainingRecord:
         np.not_equal(inst[1:], inst[:-1], out=first[1:])
         proba = np.take(proba, order, axis=0, out=work["p"][:n])
         loss = np.take(loss, order, axis=0, out=work["l"][:n])
-        # One formula for the whole queue (the two round differently), whatever its parts.
-        distinct = bool(first.all())  # every instance once (always, when drawn uniformly)
-        parts = self._parts(first)
-        if len(parts) == 1:
-            self._apply(inst, first, proba, loss, work, distinct)
-            return
-        # Rows of different instances are independent: the parts (whole instances
-        # each, disjoint state rows and scratch rows) are applied concurrently.
-        if self._helpers is None:
-            self._helpers = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="skd2ace-part")
-        views = [{name: a[start:stop] for name, a in work.items()} for start, stop in parts]
-        futures = [
-            _background.submit(
-                self._helpers,
-                self._apply,
-                *(inst[a:b], first[a:b], proba[a:b], loss[a:b], view, distinct),
-            )
-            for (a, b), view in zip(parts[1:], views[1:], strict=True)
-        ]
-        (a, b), error = parts[0], None
-        try:
-            self._apply(inst[a:b], first[a:b], proba[a:b], loss[a:b], views[0], distinct)
-        finally:
-            for future in futures:  # all finish before the queue counts as applied
-                error = error or future.exception()
-        if error is not None:
-            raise error
+        self._apply(inst, first, proba, loss)
 
-    def _parts(self, first: np.ndarray) -> list[tuple[int, int]]:
-        """Row ranges ``[a, b)`` of a sorted queue for its threads: whole instances
-        each (``first`` marks instance starts), about equal sizes."""
-        n = first.size
-        count = min(self.threads, n * self.n_labels // _PART_VALUES)
-        if count <= 1:
-            return [(0, n)]
-        starts = np.flatnonzero(first)
-        # Each cut moves forward to the next instance start.
-        targets = np.arange(1, count) * n // count
-        cuts = starts[np.minimum(np.searchsorted(starts, targets), starts.size - 1)]
-        bounds = np.unique(np.r_[0, cuts, n]).tolist()
-        return list(itertools.pairwise(bounds))
-
-    def _apply(self, inst, first, proba, loss, work, distinct: bool) -> None:
+    def _apply(self, inst: np.ndarray, first: np.ndarray, proba, loss) -> None:
         """Record ``n`` sorted predictions at once: ``inst`` (n,) sorted by instance,
         training order within an instance, ``first`` (n,) marks each instance's first
-        row; ``proba`` and ``loss`` (n, q) are scratch rows, modified in place;
-        ``work`` the scratch arrays (at least ``n`` rows each) this call may use;
-        ``distinct``: whether every row is another instance's (the queue's, when this
-        is a part of it).
+        row; ``proba`` and ``loss`` (n, q) are scratch rows, modified in place.
 
         An instance with ``k`` rows here gets them as ``k`` consecutive predictions:
         each row's change is taken from the row before it (the stored prediction for
@@ -339,7 +283,9 @@ class TrainingRecord:
         segment sum), and only the last ``W − 1`` changes of an instance reach the
         ring."""
         n = inst.size
+        work = self._work
         starts = np.flatnonzero(first)
+        distinct = starts.size == n  # every instance once (always, when drawn uniformly)
         if distinct:
             unique, group, counts, seen = inst, None, 1, self.seen[inst]
             before = seen  # predictions recorded before each row
@@ -431,7 +377,7 @@ class TrainingRecord:
         # Pickles hold the state, not the queue, scratch arrays (megabytes) or thread.
         self.flush()
         state = self.__dict__.copy()
-        state.update(_queue=[], _work={}, _pending=[], _executor=None, _helpers=None)
+        state.update(_queue=[], _work={}, _pending=[], _executor=None)
         return state
 
 

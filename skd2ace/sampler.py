@@ -18,9 +18,6 @@ __all__ = ["BATCH_SELECTIONS", "LABEL_CONTEXTS", "D2ACEBatchSampler"]
 BATCH_SELECTIONS = ("d2ace", "random")
 #: Label contexts: kNN neighbourhood, all labels (``Z ≡ 1``), or no enhancement.
 LABEL_CONTEXTS = ("local", "global", "none")
-# Threads of the bookkeeping at most (beyond, the GIL hand-overs of its numpy calls
-# eat the gain).
-_MAX_THREADS = 8
 
 
 class D2ACEBatchSampler(Sampler):
@@ -58,10 +55,6 @@ class D2ACEBatchSampler(Sampler):
         ``W``, ``α``, ``λ``, ``a``, ``b``, ``s0``, ``β0``, ``β1`` and whether the
         label weights are dynamic (METHOD.md §9).
     random_state : int or numpy Generator, default=None
-    device : str or torch.device, default=None
-        Where the network trains. The cores training leaves free (all but one when
-        it trains on a GPU) apply the recorded batches in the background and share
-        the epoch's planning, up to 8 threads; results do not depend on it.
 
     Attributes
     ----------
@@ -108,7 +101,6 @@ class D2ACEBatchSampler(Sampler):
         mixture_start: float = 0.7,
         mixture_end: float = 0.3,
         random_state=None,
-        device=None,
     ):
         if strategy not in BATCH_SELECTIONS:
             raise ValueError(f"strategy must be one of {BATCH_SELECTIONS}, got {strategy!r}")
@@ -141,20 +133,16 @@ class D2ACEBatchSampler(Sampler):
         self.record_ = None
         self.context_ = None
         self._pending_neighbors = None
-        free = min(_background.free_cores(device), _MAX_THREADS)
-        # Planning runs while training waits: its thread and the free cores.
-        self._threads = 1 + free
         if strategy == "d2ace":
-            # Full queues of recorded batches are applied in background threads when
-            # training leaves cores free: the bookkeeping then overlaps training.
+            # Full queues of recorded batches are applied in a background thread when
+            # torch leaves a core free: the bookkeeping then overlaps training.
             self.record_ = TrainingRecord(
                 self.n_samples,
                 self.n_labels,
                 history_size,
                 flip_decay,
                 fluctuation_weight,
-                background=free > 0,
-                threads=max(free, 1),
+                background=_background.free_cores() > 0,
             )
             if label_context == "local":
                 if neighbors is None:
@@ -211,7 +199,6 @@ class D2ACEBatchSampler(Sampler):
                 b=self.weight_std,
                 dynamic_weights=self.dynamic_weights,
                 correlation=self.label_context != "none",
-                threads=self._threads,
             )
             info.update(
                 label_weights_uncertainty=extra["label_weights_uncertainty"].tolist(),

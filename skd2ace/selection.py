@@ -24,7 +24,6 @@ array([0.143, 0.286, 0.571])
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -382,7 +381,6 @@ def d2ace_distribution(
     b: float = 0.5,
     dynamic_weights: bool = True,
     correlation: bool = True,
-    threads: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """The epoch's sampling distribution ``P`` from the two metrics (METHOD.md §3–§7).
 
@@ -404,10 +402,6 @@ def d2ace_distribution(
         False uses static label weights ``v ≡ 1`` (ablation).
     correlation : bool
         False disables the correlation enhancement, ``S ≡ 0`` (ablation).
-    threads : int or None
-        Threads for large problems (from 2**20 entries of ``E``): the two pools run
-        in two of them, and each pool spreads its correlation terms over half of
-        them. None: two. The result does not depend on it.
 
     Returns
     -------
@@ -437,17 +431,13 @@ def d2ace_distribution(
         if correlation:
             # M ⊙ Y once for both terms (the sparse one costs a gather of nnz(Y) values).
             masked = _masked_metric(m, labels)
-            corr = _correlation(masked, q, threads=split)
-            scores = _scores(m, masked, Z, v, corr, threads=split)
+            scores = _scores(m, masked, Z, v, _correlation(masked, q))
         else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
             scores = m @ v.astype(m.dtype)
         return v, share * rank_probabilities(scores, pressure)
 
     jobs = [(uncertainty_metric, mixture), (hardness_metric, 1.0 - mixture)]
-    large = np.size(uncertainty_metric) >= _PARALLEL_ENTRIES
-    threads = (2 if threads is None else max(1, int(threads))) if large else 1
-    split = max(1, threads // 2)  # threads of each pool's row blocks
-    if threads > 1:
+    if np.size(uncertainty_metric) >= _PARALLEL_ENTRIES:
         # The pools are independent and their sparse and BLAS products release the
         # GIL: two threads (delicious: 1.2–1.5× faster on 2 cores).
         with ThreadPoolExecutor(2, thread_name_prefix="skd2ace-pools") as executor:
@@ -619,21 +609,9 @@ def _masked_metric(m: np.ndarray, Y):
     return _masked(m, Y, False)
 
 
-def _correlation(masked, q: int, eps: float = 1e-8, threads: int = 1) -> np.ndarray:
-    """:func:`label_correlation` from ``M̃`` (:func:`_masked_metric`) with ``q`` labels
-    (sparse ``M̃``: row stripes of the Gram matrix in ``threads`` threads)."""
-    if sp.issparse(masked) and threads > 1:
-        # Row stripes of the Gram matrix, one product each: every entry is summed
-        # over the same instances in the same order as in the single product below.
-        transposed = masked.T.tocsr()
-        bounds = np.linspace(0, q, min(threads, max(q, 1)) + 1).astype(int).tolist()
-        stripes = _map(
-            lambda rows: (transposed[rows[0] : rows[1]] @ masked).toarray(),
-            list(itertools.pairwise(bounds)),
-            threads,
-        )
-        gram = np.vstack(stripes).astype(np.float64)
-    elif sp.issparse(masked):
+def _correlation(masked, q: int, eps: float = 1e-8) -> np.ndarray:
+    """:func:`label_correlation` from ``M̃`` (:func:`_masked_metric`) with ``q`` labels."""
+    if sp.issparse(masked):
         # C order: the sparse product densifies in F order, and an F-ordered C̄
         # would be copied in every product with it.
         gram = np.ascontiguousarray((masked.T @ masked).toarray(), dtype=np.float64)
@@ -646,17 +624,14 @@ def _correlation(masked, q: int, eps: float = 1e-8, threads: int = 1) -> np.ndar
     return corr / (corr.sum(axis=1, keepdims=True) + eps)
 
 
-def _scores(m: np.ndarray, masked, Z, weights, correlation, threads: int = 1) -> np.ndarray:
-    """:func:`instance_scores` from ``M̃`` (:func:`_masked_metric`), its row blocks
-    spread over ``threads``."""
+def _scores(m: np.ndarray, masked, Z, weights, correlation) -> np.ndarray:
+    """:func:`instance_scores` from ``M̃`` (:func:`_masked_metric`)."""
     n, q = m.shape
     v = np.asarray(weights, dtype=m.dtype)
     C = np.ascontiguousarray(correlation, dtype=m.dtype)  # the products need C order
     Z = _labels(Z)
     scores = np.empty(n)
-
-    def score(job):
-        k, rows = job
+    for k, rows in enumerate(_row_blocks(n, q)):
         block = m[rows]
         part = masked[rows] if sp.issparse(masked) else masked[k]
         if sp.issparse(part):  # (M̃ diag v) on the stored entries only
@@ -672,15 +647,4 @@ def _scores(m: np.ndarray, masked, Z, weights, correlation, threads: int = 1) ->
         else:
             extra = np.einsum("ij,ij->i", boost, context, dtype=m.dtype, casting="unsafe")
         scores[rows] = block @ v + extra
-
-    _map(score, list(enumerate(_row_blocks(n, q))), threads)
     return scores
-
-
-def _map(fn, items: list, threads: int) -> list:
-    """``[fn(item) for item in items]``, in ``threads`` threads when more than one
-    (for kernels that release the GIL)."""
-    if threads <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="skd2ace-blocks") as ex:
-        return list(ex.map(fn, items))

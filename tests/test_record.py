@@ -442,80 +442,16 @@ def test_record_background_error_surfaces_and_pickles_without_thread(monkeypatch
     assert record._filled == 0
 
 
-@pytest.mark.parametrize(("free", "threads"), [(0, 1), (1, 1), (5, 5), (30, 8)])
-def test_sampler_records_in_background_only_with_a_free_core(monkeypatch, free, threads):
+@pytest.mark.parametrize("free", [0, 1])
+def test_sampler_records_in_background_only_with_a_free_core(monkeypatch, free):
     from skd2ace import _background
 
-    monkeypatch.setattr(_background, "free_cores", lambda device=None: free)
+    monkeypatch.setattr(_background, "free_cores", lambda: free)
     Y = np.eye(3, dtype=int).repeat(4, axis=0)
     sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, random_state=0)
     assert sampler.record_.background is bool(free)
-    assert sampler.record_.threads == threads  # at most 8
-    assert sampler._threads == 1 + min(free, 8)  # planning: this thread and the free ones
     sampler.release()
     assert sampler.record_ is None
-
-
-@pytest.mark.parametrize(("device", "torch_threads", "free"), [("cpu", 3, 3), ("cuda", 3, 5)])
-def test_free_cores_on_cpu_and_gpu(monkeypatch, device, torch_threads, free):
-    # CPU training takes torch's intra-op threads, GPU training one thread.
-    from skd2ace import _background
-
-    monkeypatch.setattr(_background.os, "sched_getaffinity", lambda pid: set(range(6)))
-    monkeypatch.setattr(_background.torch, "get_num_threads", lambda: torch_threads)
-    assert _background.free_cores(device) == free
-    assert _background.free_cores() == 3
-
-
-@pytest.mark.parametrize("background", [False, True])
-def test_record_in_parts_matches_one_thread(monkeypatch, background):
-    # A queue split over threads by instance: the same state and metrics, bit for
-    # bit (repeats within the queue, non-finite values, instances seen for the first
-    # time, parts cut between instances of very different row counts).
-    import skd2ace._record as module
-
-    monkeypatch.setattr(module, "_PART_VALUES", 8)
-    rng = np.random.default_rng(21)
-    n, q, w = 40, 3, 4
-    one = TrainingRecord(n, q, w, flush_every=90, background=background)
-    many = TrainingRecord(n, q, w, flush_every=90, background=background, threads=4)
-    for _ in range(120):
-        rows = int(rng.integers(1, 12))
-        idx = rng.choice(n - 3, rows, p=np.r_[0.3, np.full(n - 4, 0.7 / (n - 4))])
-        proba, loss = rng.random((rows, q)), rng.random((rows, q))
-        proba[rng.random((rows, q)) < 0.05] = np.nan
-        loss[rng.random((rows, q)) < 0.05] = np.nan
-        one.update(idx, proba, loss)
-        many.update(idx, proba, loss)
-    one.flush()
-    many.flush()
-    for name in ("seen", "last", "flip", "loss", "changes", "uncertainty", "hardness"):
-        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
-    assert many._helpers is not None  # the queues were split
-    many.close()
-    assert many._helpers is None
-
-
-def test_record_part_error_surfaces(monkeypatch):
-    # An error in a helper thread's part reaches the caller.
-    import skd2ace._record as module
-
-    monkeypatch.setattr(module, "_PART_VALUES", 4)
-    record = TrainingRecord(30, 2, flush_every=10**6, threads=3)
-    original = TrainingRecord._apply
-    calls = []
-
-    def failing(self, inst, *args):
-        calls.append(inst.size)
-        if len(calls) == 2:
-            raise RuntimeError("part failed")
-        return original(self, inst, *args)
-
-    monkeypatch.setattr(TrainingRecord, "_apply", failing)
-    record.update(np.arange(30), np.full((30, 2), 0.3), np.full((30, 2), 0.2))
-    with pytest.raises(RuntimeError, match="part failed"):
-        record.flush()
-    assert len(calls) == 3 and sum(calls) == 30
 
 
 @pytest.mark.parametrize("background", [False, True])

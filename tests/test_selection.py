@@ -809,41 +809,22 @@ def test_draw_batches_matches_numpy_choice(n, b, pressure):
         assert np.max(np.abs(rate_ours - rate_brute)) < 0.05
 
 
-@pytest.mark.parametrize("threads", [None, 1, 2, 3, 8])
 @pytest.mark.parametrize("sparse", [False, True])
-def test_d2ace_distribution_pools_in_threads_match(monkeypatch, sparse, threads, products):
-    # Large problems compute the two pools in two threads, and with more threads each
-    # pool's Gram stripes and score blocks in several: the same result, bit for bit.
+def test_d2ace_distribution_pools_in_threads_match(monkeypatch, sparse):
+    # Large problems compute the two pools in two threads: same result.
     rng = np.random.default_rng(5)
     n, q = 300, 12
     E, H = rng.random((n, q)).astype(np.float32), rng.random((n, q)).astype(np.float32)
     Y = (rng.random((n, q)) < 0.3).astype(np.int8)
     Y = sp.csr_matrix(Y) if sparse else Y
     kwargs = {"pressure": 3.0, "mixture": 0.6}
-    monkeypatch.setattr(selection, "_BLOCK_ENTRIES", 400)  # 9 row blocks
     want, want_info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
     monkeypatch.setattr(selection, "_PARALLEL_ENTRIES", 1)
-    got, info = selection.d2ace_distribution(E, H, Y, Y, threads=threads, **kwargs)
+    got, info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
     np.testing.assert_array_equal(got, want)
     for key in ("label_weights_uncertainty", "label_weights_hardness"):
         np.testing.assert_array_equal(info[key], want_info[key])
     assert info["ess"] == want_info["ess"]
-
-
-@pytest.mark.parametrize("threads", [2, 5, 40])
-def test_correlation_terms_in_threads_match(threads, products):
-    # Gram stripes (more threads than labels too) and score blocks in threads.
-    rng = np.random.default_rng(9)
-    n, q = 500, 17
-    M = rng.random((n, q)).astype(np.float32)
-    Y = (rng.random((n, q)) < 0.2).astype(np.int8)
-    masked = selection._masked_metric(M, Y)
-    C = selection._correlation(masked, q)
-    np.testing.assert_array_equal(selection._correlation(masked, q, threads=threads), C)
-    v = selection.label_weights(M)
-    Z = (rng.random((n, q)) < 0.5).astype(np.int8)
-    want = selection._scores(M, masked, Z, v, C)
-    np.testing.assert_array_equal(selection._scores(M, masked, Z, v, C, threads=threads), want)
 
 
 def test_correlation_terms_of_an_empty_metric(products):
