@@ -22,7 +22,10 @@ def run(script: str, *args: str) -> str:
 
 
 def test_bench_overhead_prints_ratios():
-    out = run("bench_overhead.py", "--cases", "synthetic-600-5", "--repeats", "2", "--epochs", "3")
+    out = run(
+        "bench_overhead.py",
+        *("--cases", "synthetic-600-5", "--repeats", "2", "--epochs", "3", "--device", "cpu"),
+    )
     row = next(line for line in out.splitlines()[::-1] if line.startswith("| synthetic-600-5"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     # case, N, q, epochs, torch s, random s, d2ace s, d2ace/random, paired range, ...
