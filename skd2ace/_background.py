@@ -21,12 +21,18 @@ _RUNNING: set[Future] = set()
 _RUNNING_LOCK = threading.Lock()
 
 
-def free_cores() -> int:
-    """Cores this process may use that torch's intra-op threads leave free (≥ 0)."""
+def free_cores(device=None) -> int:
+    """Cores this process may use that training leaves free (≥ 0).
+
+    On the CPU, training takes torch's intra-op threads; on a GPU (``device`` a CUDA
+    device), only the thread that drives it (torch's CPU threads then wait).
+    """
     if hasattr(os, "sched_getaffinity"):
         cores = len(os.sched_getaffinity(0))
     else:  # pragma: no cover - macOS, Windows
         cores = os.cpu_count() or 1
+    if device is not None and torch.device(device).type == "cuda":
+        return max(0, cores - 1)
     return max(0, cores - torch.get_num_threads())
 
 

@@ -723,6 +723,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             mixture_start=self.mixture_start,
             mixture_end=self.mixture_end,
             random_state=random_state,
+            device=self.device,
         )
 
     def _check_continuation(self, X, y):

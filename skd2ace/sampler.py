@@ -55,6 +55,11 @@ class D2ACEBatchSampler(Sampler):
         ``W``, ``α``, ``λ``, ``a``, ``b``, ``s0``, ``β0``, ``β1`` and whether the
         label weights are dynamic (METHOD.md §9).
     random_state : int or numpy Generator, default=None
+    device : str or torch.device, default=None
+        Where the network trains (None: the CPU). The recorded batches are applied
+        in a background thread when training leaves a core free: on the CPU one that
+        torch's threads leave, on a GPU any but the one driving it. Results do not
+        depend on it.
 
     Attributes
     ----------
@@ -101,6 +106,7 @@ class D2ACEBatchSampler(Sampler):
         mixture_start: float = 0.7,
         mixture_end: float = 0.3,
         random_state=None,
+        device=None,
     ):
         if strategy not in BATCH_SELECTIONS:
             raise ValueError(f"strategy must be one of {BATCH_SELECTIONS}, got {strategy!r}")
@@ -135,14 +141,14 @@ class D2ACEBatchSampler(Sampler):
         self._pending_neighbors = None
         if strategy == "d2ace":
             # Full queues of recorded batches are applied in a background thread when
-            # torch leaves a core free: the bookkeeping then overlaps training.
+            # training leaves a core free: the bookkeeping then overlaps training.
             self.record_ = TrainingRecord(
                 self.n_samples,
                 self.n_labels,
                 history_size,
                 flip_decay,
                 fluctuation_weight,
-                background=_background.free_cores() > 0,
+                background=_background.free_cores(device) > 0,
             )
             if label_context == "local":
                 if neighbors is None:

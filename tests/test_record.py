@@ -446,12 +446,38 @@ def test_record_background_error_surfaces_and_pickles_without_thread(monkeypatch
 def test_sampler_records_in_background_only_with_a_free_core(monkeypatch, free):
     from skd2ace import _background
 
-    monkeypatch.setattr(_background, "free_cores", lambda: free)
+    monkeypatch.setattr(_background, "free_cores", lambda device=None: free)
     Y = np.eye(3, dtype=int).repeat(4, axis=0)
     sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, random_state=0)
     assert sampler.record_.background is bool(free)
     sampler.release()
     assert sampler.record_ is None
+
+
+@pytest.mark.parametrize(("device", "torch_threads", "free"), [(None, 3, 3), ("cuda", 6, 5)])
+def test_free_cores_on_cpu_and_gpu(monkeypatch, device, torch_threads, free):
+    # CPU training takes torch's intra-op threads, GPU training the driving thread only
+    # (with torch's threads on all 6 cores, the record still works in the background).
+    from skd2ace import _background
+
+    monkeypatch.setattr(_background.os, "sched_getaffinity", lambda pid: set(range(6)))
+    monkeypatch.setattr(_background.torch, "get_num_threads", lambda: torch_threads)
+    assert _background.free_cores(device) == free
+    Y = np.eye(3, dtype=int).repeat(4, axis=0)
+    sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, device=device)
+    assert sampler.record_.background
+    monkeypatch.setattr(_background.torch, "get_num_threads", lambda: 6)
+    assert _background.free_cores(device) == (5 if device == "cuda" else 0)
+
+
+def test_estimator_tells_the_sampler_its_device(monkeypatch):
+    from skd2ace import D2ACEMultiLabelClassifier, _background
+
+    seen = []
+    monkeypatch.setattr(_background, "free_cores", lambda device=None: seen.append(device) or 0)
+    X, Y = np.random.default_rng(0).random((30, 3)), np.eye(3, dtype=int).repeat(10, axis=0)
+    D2ACEMultiLabelClassifier(max_epochs=2, hidden_layer_sizes=(4,), device="cpu").fit(X, Y)
+    assert "cpu" in seen
 
 
 @pytest.mark.parametrize("background", [False, True])
