@@ -628,19 +628,15 @@ def _scores(m: np.ndarray, masked, Z, weights, correlation) -> np.ndarray:
     """:func:`instance_scores` from ``M̃`` (:func:`_masked_metric`)."""
     n, q = m.shape
     v = np.asarray(weights, dtype=m.dtype)
-    C = np.ascontiguousarray(correlation, dtype=m.dtype)  # the products need C order
+    # (M̃ diag v) C̄ = M̃ (diag v C̄): v scales the q × q matrix once instead of every
+    # stored entry of M̃ (C order: the products need it).
+    vC = np.ascontiguousarray(np.asarray(weights)[:, None] * correlation, dtype=m.dtype)
     Z = _labels(Z)
     scores = np.empty(n)
     for k, rows in enumerate(_row_blocks(n, q)):
         block = m[rows]
         part = masked[rows] if sp.issparse(masked) else masked[k]
-        if sp.issparse(part):  # (M̃ diag v) on the stored entries only
-            part = sp.csr_matrix(
-                (part.data * v[part.indices], part.indices, part.indptr), shape=part.shape
-            )
-        else:
-            part = part * v
-        boost = part @ C
+        boost = part @ vC
         context = Z[rows]
         if sp.issparse(context):
             extra = np.asarray(context.multiply(boost).sum(axis=1)).ravel()
