@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 import numbers
@@ -35,6 +36,7 @@ _OPTIMIZERS = {
     "sgd": torch.optim.SGD,
 }
 _PROBA_EPS = np.finfo(np.float64).eps
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def valid_macro_auc(net, X, y):
@@ -249,8 +251,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         With ``warm_start=True`` and a fitted (or :meth:`initialize`-d) estimator,
         training continues instead: the same network, validation split and recorded
         selection state, for another ``max_epochs`` epochs, with the schedules going
-        on where they stopped (``X`` and ``y`` must be the data of the first fit; a
-        different number of rows raises ``ValueError``). The best validation epoch
+        on where they stopped (``X`` and ``y`` must be the data of the first fit;
+        other data raise ``ValueError``). The best validation epoch
         restored at the end is the best of this call.
 
         Interrupting training (``KeyboardInterrupt``, e.g. Ctrl-C or a callback
@@ -289,7 +291,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         context) and trains one epoch; each later call trains one more, with the
         D2ACE schedules (warm-up, pressure, mixture) continuing epoch by epoch. D2ACE
         keeps statistics per training instance, so every call must pass the same
-        data as the first (a different number of rows raises ``ValueError``).
+        data as the first (other data raise ``ValueError``).
         After :meth:`fit` it continues that network; the selection statistics,
         freed by a ``fit`` without ``warm_start``, then start anew. The selection
         state is kept after every call.
@@ -437,6 +439,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """
         check_is_fitted(self, "net_")
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=(np.float32, np.float64))
+        _check_float32_range(X)
         logits = self.net_.forward(X, training=False)
         proba = expit(logits.detach().cpu().numpy().astype(np.float64))
         if np.isnan(proba).any():
@@ -594,6 +597,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
 
         ``reset=False`` (continued training) checks them against the first fit.
         """
+        shape = getattr(y, "shape", None)  # (np.shape would convert array-likes)
+        if shape is not None and len(shape) == 2 and shape[1] == 0:
+            raise ValueError(f"y has no label columns (shape {shape}); it needs at least one")
         X, Y = validate_data(
             self,
             X,
@@ -604,6 +610,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             multi_output=True,
             ensure_min_samples=2,
         )
+        _check_float32_range(X)
         check_classification_targets(Y)
         target = type_of_target(Y, input_name="y")
         if target == "multiclass-multioutput":
@@ -619,7 +626,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 f"Only binary classification is supported. The type of the target is {target}."
             )
         Y = np.asarray(Y.toarray() if sp.issparse(Y) else Y)
-        binary_1d, y_dtype = Y.ndim == 1, Y.dtype
+        binary_1d, y_dtype = Y.ndim == 1, _target_dtype(y, Y.dtype)
         if not reset and binary_1d != self._binary_1d:
             raise ValueError("y must have the same number of dimensions as in the first fit")
         if binary_1d:
@@ -667,6 +674,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
+        self._data_digests = _digests(X, Y)
         sampler = self._build_sampler(
             X[train_idx],
             Y[train_idx],
@@ -687,7 +695,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             optimizer__weight_decay=self.weight_decay,
             lr=self.lr,
             max_epochs=self.max_epochs,
-            batch_size=self.batch_size,
+            batch_size=int(self.batch_size),  # torch's BatchSampler rejects numpy ints
             train_split=None if valid is None else _PredefinedSplit(valid),
             callbacks=self._callbacks(valid is not None),
             predict_nonlinearity=sigmoid,
@@ -741,6 +749,16 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 f"continuing training needs the data of the first fit ({self._fit_rows} rows; "
                 f"D2ACE keeps statistics per training instance), got {X.shape[0]} rows"
             )
+        first = getattr(self, "_data_digests", None)  # None: pickled by an older version
+        if first is not None:
+            for name, old_digest, new_digest in zip(("X", "y"), first, _digests(X, Y), strict=True):
+                if old_digest != new_digest:
+                    raise ValueError(
+                        f"continuing training needs the data of the first fit: {name} differs "
+                        "from it (D2ACE keeps statistics per training instance, and the "
+                        "validation rows come from the first fit). To train on other data, "
+                        "fit a fresh estimator (warm_start=False)."
+                    )
         old = self.net_.batch_sampler
         if old is not None and old.labels is None:
             train = self._train_idx
@@ -858,6 +876,49 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             else:
                 callbacks.append((f"user_{i}_{type(callback).__name__}", callback))
         return callbacks
+
+
+def _check_float32_range(X) -> None:
+    """Reject finite float64 values that overflow float32, the network's dtype (they
+    would become inf there and look like a diverged training)."""
+    values = X.data if sp.issparse(X) else X
+    if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
+        raise ValueError(
+            f"Input X contains values too large for float32 (|x| > {_FLOAT32_MAX:.3g}), the "
+            "dtype the network computes in; scale the features."
+        )
+
+
+def _digests(X, Y) -> tuple[str, str]:
+    """Fingerprints of the training data as the network sees it (float32 X, 0/1 Y):
+    continued training must get the data of the first fit."""
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
+        X.sum_duplicates()
+        X.eliminate_zeros()
+        parts = (X.data, X.indices, X.indptr, np.asarray(X.shape))
+    else:
+        parts = (np.ascontiguousarray(X, dtype=np.float32), np.asarray(X.shape))
+    digests = []
+    for arrays in (parts, (np.ascontiguousarray(Y), np.asarray(Y.shape))):
+        h = hashlib.blake2b(digest_size=16)
+        for a in arrays:
+            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        digests.append(h.hexdigest())
+    return digests[0], digests[1]
+
+
+def _target_dtype(y, validated: np.dtype) -> np.dtype:
+    """The dtype ``predict`` returns: that of ``y``, with pandas' nullable column dtypes
+    ('Int64', 'boolean') read as their numpy counterparts (validation makes them float)."""
+    dtypes = getattr(y, "dtypes", None)
+    if dtypes is None:
+        return validated
+    dtypes = list(dtypes) if hasattr(dtypes, "__iter__") else [dtypes]
+    try:
+        return np.result_type(*(getattr(d, "numpy_dtype", d) for d in dtypes))
+    except TypeError:  # e.g. categorical columns
+        return validated
 
 
 def _check_real(value, name: str, **bounds) -> float:

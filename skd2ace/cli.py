@@ -302,7 +302,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
-    from .benchmark import BenchmarkConfig, console_table, run_benchmark, write_reports
+    from .benchmark import (
+        BenchmarkConfig,
+        InsufficientDataError,
+        console_table,
+        run_benchmark,
+        write_reports,
+    )
     from .datasets import MulanDataNotFoundError
 
     estimator_params = dict(args.param)
@@ -332,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=int(args.verbose),
             estimator_params=estimator_params,
         )
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # any option or --param the estimator rejects
         parser.error(str(exc))
 
     n_jobs_total = (
@@ -348,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         result = run_benchmark(config, progress=_progress)
-    except MulanDataNotFoundError as exc:
+    except (MulanDataNotFoundError, InsufficientDataError) as exc:
         print(f"skd2ace: error: {exc}", file=sys.stderr)
         return 1
     written = write_reports(result, args.out, argv=["skd2ace", *given], plots=args.plots)

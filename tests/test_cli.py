@@ -154,6 +154,14 @@ def test_parser_defaults_and_options():
         ["benchmark", "--n-jobs", "0"],
         ["benchmark", "--param", "no_such_parameter=1"],
         ["benchmark", "--seeds", "1", "1"],
+        # Values the estimator rejects, checked before any fold runs.
+        ["benchmark", "--validation-fraction", "1.5"],
+        ["benchmark", "--param", "selection_pressure=0.5"],
+        ["benchmark", "--param", "weight_decay=abc"],
+        # Parameters with their own option, or set by the protocol, are not --params.
+        ["benchmark", "--param", "max_epochs=7"],
+        ["benchmark", "--param", "random_state=3"],
+        ["benchmark", "--param", "batch_selection=random"],
     ],
 )
 def test_bad_arguments_exit_2(argv, capsys):
@@ -182,6 +190,12 @@ def test_missing_mulan_data_returns_1(tmp_path, monkeypatch, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "emotions" in err and "SKD2ACE_DATA" in err
+
+
+def test_no_data_left_after_preprocessing_returns_1(tmp_path, capsys):
+    code = main(["--min-positives", "100000", "--epochs", "1", "--out", str(tmp_path)])
+    assert code == 1
+    assert "0 rows and 0 labels after preprocessing" in capsys.readouterr().err
 
 
 def test_python_m_help():

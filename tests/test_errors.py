@@ -50,6 +50,9 @@ def _with(array, index, value):
         (lambda X, Y: (X, Y[:-5]), "inconsistent numbers of samples"),
         (lambda X, Y: (X[:1], Y[:1]), "minimum of 2 is required"),
         (lambda X, Y: (X[:0], Y[:0]), "minimum of 2 is required"),
+        # Finite in float64, infinite in the network's float32.
+        (lambda X, Y: (_with(X, (2, 0), 1e39), Y), "too large for float32"),
+        (lambda X, Y: (X, Y[:, :0]), "y has no label columns"),
     ],
     ids=[
         "X-nan",
@@ -65,6 +68,8 @@ def _with(array, index, value):
         "rows-mismatch",
         "one-row",
         "no-rows",
+        "X-beyond-float32",
+        "Y-no-labels",
     ],
 )
 @pytest.mark.parametrize("method", ["fit", "partial_fit", "initialize"])
@@ -107,6 +112,12 @@ def test_predict_with_nan_rejected(fitted):
         clf.predict(_with(X, (0, 0), np.nan))
 
 
+def test_predict_beyond_float32_rejected(fitted):
+    clf, X, _ = fitted
+    with pytest.raises(ValueError, match="too large for float32"):
+        clf.predict_proba(_with(X, (0, 0), -1e39))
+
+
 def test_predict_with_different_column_names():
     pd = pytest.importorskip("pandas")
     X, Y = tiny_problem()
@@ -131,7 +142,39 @@ def test_continuation_with_other_data_rejected_before_training(fitted):
         clf.partial_fit(X[:, :3], Y)
     with pytest.raises(ValueError, match="y has 2 labels, the first fit had 3"):
         clf.partial_fit(X, Y[:, :2])
+    # Same shapes, other data: the per-instance statistics would belong to other rows.
+    with pytest.raises(ValueError, match="X differs from it"):
+        clf.partial_fit(X[::-1], Y[::-1])
+    with pytest.raises(ValueError, match="X differs from it"):
+        clf.fit(X + 1.0, Y)
+    with pytest.raises(ValueError, match="y differs from it"):
+        clf.partial_fit(X, 1 - Y)
     assert len(clf.net_.history) == epochs
+    # The same data in another container or float dtype is the same data.
+    clf.partial_fit(X.astype(np.float32).tolist(), Y.astype(bool))
+    assert len(clf.net_.history) == epochs + 1
+
+
+def test_continuation_of_sparse_data_compares_values():
+    sp = pytest.importorskip("scipy.sparse")
+    X, Y = tiny_problem()
+    X[X < 0.5] = 0.0
+    clf = D2ACEMultiLabelClassifier(**FAST, warm_start=True).fit(sp.csr_matrix(X), Y)
+    unsorted = sp.csr_matrix(X)[:, ::-1][:, ::-1]  # same values, indices in another order
+    clf.fit(unsorted, Y)
+    assert len(clf.net_.history) == 2 * FAST["max_epochs"]
+    changed = X.copy()
+    changed[0, changed[0].nonzero()[0][0]] += 1.0
+    with pytest.raises(ValueError, match="X differs from it"):
+        clf.fit(sp.csr_matrix(changed), Y)
+
+
+def test_numpy_integer_parameters_train_and_predict():
+    # check_scalar accepts numpy integers; torch's BatchSampler takes Python ints only.
+    X, Y = tiny_problem()
+    params = {**FAST, "batch_size": np.int64(16), "validation_fraction": None}
+    clf = D2ACEMultiLabelClassifier(**params)
+    assert clf.fit(X, Y).predict(X).shape == Y.shape
 
 
 # ---------------------------------------------------------------- bad hyper-parameters

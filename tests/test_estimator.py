@@ -74,6 +74,16 @@ def test_label_containers(kind):
         assert list(clf.feature_names_in_) == list(X.columns)
 
 
+@pytest.mark.parametrize(("dtype", "expected"), [("Int64", np.int64), ("boolean", bool)])
+def test_predict_keeps_pandas_nullable_label_dtypes(dtype, expected):
+    pd = pytest.importorskip("pandas")
+    X, Y = small_problem(n=80)
+    clf = D2ACEMultiLabelClassifier(**FAST, random_state=0).fit(X, pd.DataFrame(Y).astype(dtype))
+    pred = clf.predict(X)
+    assert pred.dtype == expected
+    np.testing.assert_array_equal(pred, clf.predict_proba(X) > 0.5)
+
+
 def test_binary_1d_and_multiclass():
     X, Y = small_problem(n=100)
     y = np.where(Y[:, 0] == 1, "yes", "no")

@@ -102,7 +102,9 @@ class BenchmarkConfig:
     verbose : int, default=0
         The estimator's ``verbose`` (1: one line per epoch).
     estimator_params : dict, default={}
-        Further estimator parameters (e.g. ``{"selection_pressure": 4.0}``).
+        Further estimator parameters (e.g. ``{"selection_pressure": 4.0}``); not those
+        set by the fields above, ``batch_selection`` or ``random_state``. All estimator
+        parameters are validated here (``ValueError`` or ``TypeError``).
     """
 
     datasets: Sequence[str] = ("synthetic",)
@@ -154,6 +156,16 @@ class BenchmarkConfig:
             raise ValueError("n_jobs must not be 0.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}.")
+        owned = sorted(set(self.estimator_params) & _PROTOCOL_PARAMS)
+        if owned:
+            raise ValueError(
+                f"estimator_params must not set {owned}: the configuration has its own "
+                "fields for them (batch_selection comes from strategies, random_state "
+                "from seeds and folds)."
+            )
+        # Every estimator parameter is checked now, not in the first fold job.
+        for strategy in self.strategies:
+            make_model(strategy, 0, self)[-1]._check_params()
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON-friendly values."""
@@ -349,6 +361,27 @@ def make_model(
     return make_pipeline(scaler, D2ACEMultiLabelClassifier(**params))
 
 
+# Estimator parameters the protocol sets itself (see make_model).
+_PROTOCOL_PARAMS = frozenset(
+    {
+        "max_epochs",
+        "batch_size",
+        "lr",
+        "hidden_layer_sizes",
+        "validation_fraction",
+        "threshold",
+        "device",
+        "verbose",
+        "batch_selection",
+        "random_state",
+    }
+)
+
+
+class InsufficientDataError(ValueError):
+    """A data set has too few rows or no labels left for the protocol's folds."""
+
+
 @contextmanager
 def _torch_threads(n_threads: int | None):
     """Run torch with ``n_threads`` intra-op threads (None: unchanged), then restore."""
@@ -489,6 +522,11 @@ def run_benchmark(
     -------
     BenchmarkResult
 
+    Raises
+    ------
+    InsufficientDataError
+        A data set has fewer rows than folds, or no label, after preprocessing.
+
     Examples
     --------
     >>> config = BenchmarkConfig(n_folds=2, max_epochs=2)
@@ -512,7 +550,7 @@ def run_benchmark(
     jobs = []
     for name, bunch in data.items():
         if bunch.Y.shape[0] < config.n_folds or bunch.Y.shape[1] == 0:
-            raise ValueError(
+            raise InsufficientDataError(
                 f"Data set {name!r} has {bunch.Y.shape[0]} rows and {bunch.Y.shape[1]} labels "
                 f"after preprocessing: too few for {config.n_folds} folds."
             )
