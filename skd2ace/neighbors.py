@@ -127,10 +127,16 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
 
 def _search(X, k: int) -> np.ndarray:
     """Exact kNN among the rows of ``X`` (each row's own index excluded)."""
-    if not sp.issparse(X) and X.shape[1] >= _GEMM_MIN_FEATURES:
-        return _exact(X, k)
-    # float32 halves the distance computations' memory traffic.
-    X = X.astype(np.float32) if X.dtype == np.float64 else X
+    if not sp.issparse(X):
+        # Centred (in float64) before the cast to float32, which halves the distance
+        # computations' memory traffic: distances do not change, but a large common
+        # offset would cancel in float32 (‖y‖² − 2 x·y) and scramble the ranking.
+        X = np.asarray(X)
+        X = (X - X.mean(axis=0, dtype=np.float64)).astype(np.float32)
+        if X.shape[1] >= _GEMM_MIN_FEATURES:
+            return _exact(X, k)
+    elif X.dtype == np.float64:
+        X = X.astype(np.float32)
     return NearestNeighbors(n_neighbors=k).fit(X).kneighbors(return_distance=False)
 
 

@@ -39,6 +39,19 @@ def test_exact_matrix_product_path_matches_sklearn(n, monkeypatch):
     assert got[3, 0] == 7 and got[7, 0] == 3
 
 
+@pytest.mark.parametrize("d", [4, 64])  # scikit-learn's search, the matrix-product path
+def test_exact_search_with_a_large_common_offset(d):
+    # Raw (unscaled) features far from the origin: in float32, ‖y‖² − 2 x·y would
+    # cancel and scramble the ranking (recall 0.01 at an offset of 1000 before the
+    # features were centred). Distances are translation invariant.
+    X = 1000.0 + np.random.default_rng(d).random((800, d))
+    got = nearest_neighbors(X, 6)
+    kth = np.sort(np.linalg.norm(X[:, None] - X[None], axis=2), axis=1)[:, 6]  # [:, 0]: self
+    found = np.linalg.norm(X[got] - X[:, None], axis=2)
+    assert (found <= kth[:, None] * (1 + 1e-6)).all()
+    np.testing.assert_array_equal(got, nearest_neighbors(X - 1000.0, 6))
+
+
 def test_partitioned_search_is_valid_and_mostly_right():
     X, _ = make_blobs(n_samples=6000, centers=30, n_features=8, random_state=0)
     approx = nearest_neighbors(X, 6, exact_max=500, random_state=0)
