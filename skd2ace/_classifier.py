@@ -134,8 +134,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         Added to the network's callbacks (e.g. ``skorch.callbacks.ProgressBar()``).
     random_state : int, RandomState instance or None, default=None
         Seeds the validation split, the weight initialisation, dropout and the batch
-        selection. An int gives bit-identical results on CPU. The global numpy and
-        torch random states are left untouched.
+        selection. An int gives bit-identical results on CPU and leaves the global
+        numpy and torch random states untouched. None draws the seeds from numpy's
+        global random state (scikit-learn's convention: ``np.random.seed`` then makes
+        the fit reproducible); the global torch state is never touched.
     verbose : int, default=0
         1 prints one line per epoch (skorch's table).
 

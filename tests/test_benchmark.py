@@ -274,6 +274,20 @@ def test_fold_random_state_and_splits():
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(splits, other, strict=True))
 
 
+def test_fold_splits_stratify_rare_labels():
+    # Three rare labels with one positive per fold each (on different rows), under a
+    # frequent one: iterative stratification gives every fold's test part exactly one
+    # positive of each (a plain shuffled KFold leaves some folds without).
+    n, k = 100, 5
+    Y = np.zeros((n, 4), dtype=int)
+    Y[:, 0] = np.random.default_rng(0).random(n) < 0.5
+    for label in range(1, 4):
+        Y[np.arange(k) * 20 + label, label] = 1
+    for seed in range(3):
+        for _, test in fold_splits(Y, k, seed=seed):
+            assert Y[test, 1:].sum(axis=0).tolist() == [1, 1, 1]
+
+
 def test_load_dataset_synthetic_preprocessing():
     data = load_dataset("synthetic")
     raw = load_dataset("synthetic", preprocess=False)

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.base import clone
 from sklearn.datasets import make_multilabel_classification
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -196,6 +196,25 @@ def test_pipeline_and_grid_search_over_pressure():
     assert search.best_params_["d2acemultilabelclassifier__selection_pressure"] in (2.0, 8.0)
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.predict(X).shape == Y.shape
+
+
+@pytest.mark.parametrize("scoring", ["roc_auc", "average_precision"])
+def test_two_label_matrix_with_probability_scorers(scoring):
+    # With q = 2, scikit-learn's scorers tell a label matrix from 1-D binary output by
+    # classes_ (a list of per-label classes, not one array of two): they must get the
+    # (n, 2) probabilities of the two labels.
+    X, Y = small_problem(n=120, q=2)
+    clf = D2ACEMultiLabelClassifier(**FAST, random_state=0)
+    scores = cross_val_score(clf, X, Y, scoring=scoring, cv=2)
+    assert np.all(np.isfinite(scores)) and np.all((scores > 0) & (scores <= 1))
+    fitted = clone(clf).fit(X, Y)
+    assert isinstance(fitted.classes_, list) and len(fitted.classes_) == 2
+
+
+def test_tags_declare_a_multi_label_classifier():
+    tags = D2ACEMultiLabelClassifier().__sklearn_tags__()
+    assert tags.estimator_type == "classifier"
+    assert tags.classifier_tags.multi_label and tags.target_tags.multi_output
 
 
 def test_custom_module_class():

@@ -378,6 +378,24 @@ _PROTOCOL_PARAMS = frozenset(
 )
 
 
+def _warm_up_torch() -> None:
+    """Pay torch's one-off cost of the first optimizer step in a process (~1 s of
+    imports) outside the timed fits: it would land on whichever job runs first."""
+    global _TORCH_WARM
+    if _TORCH_WARM:
+        return
+    import torch
+
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.Adam([weight])
+    weight.sum().backward()
+    optimizer.step()
+    _TORCH_WARM = True
+
+
+_TORCH_WARM = False
+
+
 class InsufficientDataError(ValueError):
     """A data set has too few rows or no labels left for the protocol's folds."""
 
@@ -462,6 +480,7 @@ def run_fold(
     """
     random_state = fold_random_state(seed, fold)
     model = make_model(strategy, random_state, config, sparse=sp.issparse(X))
+    _warm_up_torch()
     with _torch_threads(1 if single_thread else config.torch_threads):
         start = time.perf_counter()
         model.fit(X[train], Y[train])
