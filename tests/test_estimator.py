@@ -193,7 +193,10 @@ def test_pipeline_and_grid_search_over_pressure():
         n_jobs=2,
     )
     search.fit(X, Y)
-    assert search.best_params_["d2acemultilabelclassifier__selection_pressure"] in (2.0, 8.0)
+    best = search.best_params_["d2acemultilabelclassifier__selection_pressure"]
+    assert search.best_estimator_[-1].selection_pressure == best
+    scores = search.cv_results_["mean_test_score"]
+    assert best == [2.0, 8.0][int(np.argmax(scores))]
     assert np.all(np.isfinite(search.cv_results_["mean_test_score"]))
     assert search.predict(X).shape == Y.shape
 
@@ -215,6 +218,49 @@ def test_tags_declare_a_multi_label_classifier():
     tags = D2ACEMultiLabelClassifier().__sklearn_tags__()
     assert tags.estimator_type == "classifier"
     assert tags.classifier_tags.multi_label and tags.target_tags.multi_output
+
+
+def test_selection_parameters_reach_the_sampler_and_record(monkeypatch):
+    import skd2ace._classifier as C
+
+    searched = []
+    real_search = C.nearest_neighbors_in_background
+
+    def search(X, k, **kwargs):
+        searched.append(k)
+        return real_search(X, k, **kwargs)
+
+    monkeypatch.setattr(C, "nearest_neighbors_in_background", search)
+    X, Y = small_problem(n=100)
+    params = dict(
+        max_epochs=6,
+        warmup_epochs=2,
+        mixture_ramp_end=5,
+        selection_pressure=3.0,
+        flip_decay=0.4,
+        fluctuation_weight=0.2,
+        history_size=4,
+        label_weight_mean=0.1,
+        label_weight_std=0.9,
+        mixture_start=0.8,
+        mixture_end=0.2,
+        dynamic_label_weights=False,
+        n_neighbors=3,
+    )
+    clf = D2ACEMultiLabelClassifier(
+        hidden_layer_sizes=(8,), batch_size=16, warm_start=True, random_state=0, **params
+    ).fit(X, Y)
+    sampler = clf.net_.batch_sampler
+    record = sampler.record_
+    assert (record.flip_decay, record.lam, record.history_size) == (0.4, 0.2, 4)
+    assert (sampler.weight_mean, sampler.weight_std, sampler.dynamic_weights) == (0.1, 0.9, False)
+    assert (sampler.initial_pressure, sampler.mixture_start, sampler.mixture_end) == (3.0, 0.8, 0.2)
+    assert (sampler.warmup_epochs, sampler.ramp_end, sampler.max_epochs) == (2, 5, 6)
+    assert searched == [3]
+    history = clf.net_.history
+    assert history[:, "selection_pressure"][:3] == [3.0, 3.0, 3.0]
+    assert history[-1, "mixture_weight"] == pytest.approx(0.2)
+    assert history[-1, "label_weights_hardness"] == [1.0] * Y.shape[1]  # static weights
 
 
 def test_custom_module_class():

@@ -265,6 +265,58 @@ def test_sampler_epochs(label_context):
                 assert info["selection_ess"] < 1.0
 
 
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_sampler_draws_from_the_epoch_distribution(monkeypatch, dynamic):
+    # Every selecting epoch's batches come from the D2ACE distribution of that epoch's
+    # inputs and non-default settings (pressure, label-weight coefficients, mixture,
+    # window), checked against the reference implementation.
+    n, q, T, ew, em = 60, 5, 8, 2, 6
+    Y, nbrs = problem(n, q)
+    settings = dict(initial_pressure=5.0, weight_mean=0.3, weight_std=0.9)
+    settings.update(mixture_start=0.9, mixture_end=0.1, dynamic_weights=dynamic)
+    sampler = D2ACEBatchSampler(
+        Y,
+        batch_size=8,
+        max_epochs=T,
+        warmup_epochs=ew,
+        ramp_end=em,
+        neighbors=nbrs,
+        history_size=3,
+        flip_decay=0.4,
+        fluctuation_weight=0.3,
+        random_state=0,
+        **settings,
+    )
+    assert (sampler.record_.history_size, sampler.record_.flip_decay) == (3, 0.4)
+    assert sampler.record_.lam == 0.3
+    drawn = []
+    original = selection.draw_batches
+
+    def draw(p, *args):
+        drawn.append(p)
+        return original(p, *args)
+
+    monkeypatch.setattr(selection, "draw_batches", draw)
+    rng = np.random.default_rng(1)
+    Z = ref.local_label_context(Y, nbrs)
+    for e in range(T):
+        E = sampler.record_.uncertainty.astype(np.float64)
+        H = sampler.record_.hardness.astype(np.float64)
+        drawn.clear()
+        run_epoch(sampler, rng, q)
+        if e < ew:
+            assert drawn == []  # warm-up: a permutation
+            continue
+        s = ref.selection_pressure(e, T, ew, initial=5.0)
+        beta = 0.9 + (0.1 - 0.9) * min(max((e - ew) / (em - ew), 0.0), 1.0)
+        want, _ = ref.d2ace_distribution(E, H, Y, Z, s, beta, a=0.3, b=0.9, dynamic_weights=dynamic)
+        (got,) = drawn
+        # float32 metrics against the float64 reference: a rank may flip, changing a
+        # probability by a factor s^(1/N) at most.
+        assert np.all(np.abs(np.log(got / want)) <= np.log(s) / n + 1e-9)
+        assert np.mean(np.isclose(got, want, rtol=1e-6)) > 0.9
+
+
 def test_sampler_reproducible():
     Y, nbrs = problem()
 

@@ -210,6 +210,19 @@ def test_rank_probabilities_boundary_ranks_survive_rescaling():
     scores = np.array([0.0, 1.0, 2.0, 4.0])
     close(selection.rank_probabilities(scores, 16.0), want)
     close(selection.rank_probabilities(0.1 * scores + 0.3, 16.0), want)
+    # Here the rescaled scores land a rounding error above a boundary: without the
+    # tolerance in the ceiling, two ranks would move.
+    scores = np.array([0.0, 10, 1, 5, 9, 8, 8, 0, 0, 2])
+    close(
+        selection.rank_probabilities(0.1 * scores + 7, 16.0),
+        selection.rank_probabilities(scores, 16.0),
+    )
+
+
+def test_draw_batches_needs_support_for_the_largest_batch():
+    p = np.r_[np.full(5, 0.2), np.zeros(3)]  # 8 draws: batches of 6 and 2
+    with pytest.raises(ValueError, match="cannot draw 6 distinct instances"):
+        selection.draw_batches(p, 2, 6, np.random.default_rng(0))
 
 
 def test_selection_pressure_hand():
