@@ -142,6 +142,8 @@ def test_continuation_with_other_data_rejected_before_training(fitted):
         clf.partial_fit(X[:, :3], Y)
     with pytest.raises(ValueError, match="y has 2 labels, the first fit had 3"):
         clf.partial_fit(X, Y[:, :2])
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        clf.partial_fit(X, Y[:, 0])
     # Same shapes, other data: the per-instance statistics would belong to other rows.
     with pytest.raises(ValueError, match="X differs from it"):
         clf.partial_fit(X[::-1], Y[::-1])
@@ -167,6 +169,15 @@ def test_continuation_of_sparse_data_compares_values():
     changed[0, changed[0].nonzero()[0][0]] += 1.0
     with pytest.raises(ValueError, match="X differs from it"):
         clf.fit(sp.csr_matrix(changed), Y)
+
+
+def test_binary_continuation_rejects_new_classes():
+    X, Y = tiny_problem()
+    y = np.where(Y[:, 0] == 1, "yes", "no")
+    clf = D2ACEMultiLabelClassifier(**FAST).partial_fit(X, y)
+    with pytest.raises(ValueError, match="classes outside those of the first fit"):
+        clf.partial_fit(X, np.where(Y[:, 0] == 1, "yes", "maybe"))
+    assert len(clf.net_.history) == 1
 
 
 def test_numpy_integer_parameters_train_and_predict():
@@ -231,6 +242,13 @@ BAD_PARAMS = [
     ({"callbacks": "progress"}, TypeError, "callbacks must be a list"),
     ({"device": "gpu"}, ValueError, "device='gpu' is not a torch device"),
     ({"device": 0}, TypeError, "device must be a string"),
+    # Whole-number floats are not ints; booleans are not layer sizes.
+    ({"max_epochs": 3.0}, TypeError, "max_epochs must be an instance of"),
+    ({"batch_size": 16.0}, TypeError, "batch_size must be an instance of"),
+    ({"warmup_epochs": 1.0}, TypeError, "warmup_epochs must be an instance of"),
+    ({"fluctuation_weight": -0.1}, ValueError, "fluctuation_weight == -0.1, must be >= 0"),
+    ({"weight_decay": np.inf}, ValueError, "weight_decay must be a finite"),
+    ({"hidden_layer_sizes": (True,)}, ValueError, "hidden_layer_sizes must be a sequence"),
 ]
 
 

@@ -263,6 +263,13 @@ def test_selection_parameters_reach_the_sampler_and_record(monkeypatch):
     assert history[-1, "label_weights_hardness"] == [1.0] * Y.shape[1]  # static weights
 
 
+def test_validation_split_rounds_up():
+    X, Y = small_problem(n=40)
+    clf = D2ACEMultiLabelClassifier(**FAST, validation_fraction=0.11, random_state=0)
+    clf.initialize(X, Y)
+    assert len(clf._train_idx) == 40 - 5  # ⌈0.11 · 40⌉ = ⌈4.4⌉ validation rows
+
+
 def test_custom_module_class():
     class Linear(torch.nn.Module):
         def __init__(self, n_features, n_labels, bias=True):
