@@ -777,12 +777,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         return X, Y
 
     def _run(self, X, Y, epochs: int) -> None:
-        """Train ``epochs`` more epochs on the training part of ``X``."""
-        if X.shape[0] != self._fit_rows:
-            raise ValueError(
-                f"continuing training needs the data of the first fit ({self._fit_rows} rows; "
-                f"D2ACE keeps statistics per training instance), got {X.shape[0]} rows"
-            )
+        """Train ``epochs`` more epochs on the training part of ``X`` (data checked by
+        :meth:`_start` or :meth:`_check_continuation`)."""
         net = self.net_
         with torch.random.fork_rng(devices=self._rng_devices()):
             # Continuations draw fresh, reproducible torch randomness per epoch count.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -156,7 +157,7 @@ class BenchmarkConfig:
             raise ValueError("n_jobs must not be 0.")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or None, got {self.torch_threads}.")
-        owned = sorted(set(self.estimator_params) & _PROTOCOL_PARAMS)
+        owned = sorted(set(self.estimator_params) & set(_protocol_params("d2ace", 0, self)))
         if owned:
             raise ValueError(
                 f"estimator_params must not set {owned}: the configuration has its own "
@@ -344,7 +345,14 @@ def make_model(
     >>> pipe[-1].batch_selection, pipe[-1].max_epochs
     ('random', 3)
     """
-    params = {
+    params = {**config.estimator_params, **_protocol_params(strategy, random_state, config)}
+    scaler = MaxAbsScaler() if sparse else MinMaxScaler()
+    return make_pipeline(scaler, D2ACEMultiLabelClassifier(**params))
+
+
+def _protocol_params(strategy: str, random_state: int, config: BenchmarkConfig) -> dict:
+    """The estimator parameters the protocol sets itself (``estimator_params`` may not)."""
+    return {
         "max_epochs": config.max_epochs,
         "batch_size": config.batch_size,
         "lr": config.lr,
@@ -353,47 +361,22 @@ def make_model(
         "threshold": config.threshold,
         "device": config.device,
         "verbose": config.verbose,
-        **config.estimator_params,
         "batch_selection": strategy,
         "random_state": random_state,
     }
-    scaler = MaxAbsScaler() if sparse else MinMaxScaler()
-    return make_pipeline(scaler, D2ACEMultiLabelClassifier(**params))
 
 
-# Estimator parameters the protocol sets itself (see make_model).
-_PROTOCOL_PARAMS = frozenset(
-    {
-        "max_epochs",
-        "batch_size",
-        "lr",
-        "hidden_layer_sizes",
-        "validation_fraction",
-        "threshold",
-        "device",
-        "verbose",
-        "batch_selection",
-        "random_state",
-    }
-)
-
-
+@functools.cache
 def _warm_up_torch() -> None:
     """Pay torch's one-off cost of the first optimizer step in a process (~1 s of
-    imports) outside the timed fits: it would land on whichever job runs first."""
-    global _TORCH_WARM
-    if _TORCH_WARM:
-        return
+    imports) outside the timed fits (once per process): it would land on whichever
+    job runs first."""
     import torch
 
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.Adam([weight])
     weight.sum().backward()
     optimizer.step()
-    _TORCH_WARM = True
-
-
-_TORCH_WARM = False
 
 
 class InsufficientDataError(ValueError):
