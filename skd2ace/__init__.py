@@ -11,6 +11,7 @@ from ._classifier import D2ACEMultiLabelClassifier
 from ._net import D2ACENet
 from .modules import MLP
 from .neighbors import nearest_neighbors
+from .plotting import SelectionHistoryDisplay
 from .sampler import D2ACEBatchSampler
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "D2ACEBatchSampler",
     "D2ACEMultiLabelClassifier",
     "D2ACENet",
+    "SelectionHistoryDisplay",
     "nearest_neighbors",
     "selection",
 ]

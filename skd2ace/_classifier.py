@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
-import sys
 import warnings
-import zlib
-from collections.abc import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,38 +12,27 @@ import torch
 from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin, MultiOutputMixin
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state, check_scalar
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
-from skorch.callbacks import EarlyStopping, EpochScoring
 
+from . import _net
 from ._data import IndexedDataset
-from ._net import SELECTION_KEYS, D2ACENet, sigmoid
-from .metrics import macro_auc
-from .modules import MLP
+from ._net import D2ACENet, PredefinedSplit, net_callbacks, sigmoid
+from ._validation import check_float32_range, check_params, data_digests, target_dtype
 from .neighbors import nearest_neighbors_in_background
-from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS, D2ACEBatchSampler
+from .sampler import D2ACEBatchSampler
+
+# Pickles made before these moved to _net look them up here (fitted nets hold them).
+_PredefinedSplit, _silent, valid_macro_auc = (
+    _net.PredefinedSplit,
+    _net._silent,
+    _net.valid_macro_auc,
+)
 
 __all__ = ["D2ACEMultiLabelClassifier"]
 
-_OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-}
 _PROBA_EPS = np.finfo(np.float64).eps
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def valid_macro_auc(net, X, y):
-    """skorch scoring: macro-AUC of the validation set (one-class labels skipped).
-
-    NaN when no label column holds both classes or the network diverged.
-    """
-    proba = net.predict_proba(X)
-    if not np.all(np.isfinite(proba)):
-        return float("nan")
-    return macro_auc(y, proba)
 
 
 class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator):
@@ -441,7 +426,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """
         check_is_fitted(self, "net_")
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=(np.float32, np.float64))
-        _check_float32_range(X)
+        check_float32_range(X)
         logits = self.net_.forward(X, training=False)
         proba = expit(logits.detach().cpu().numpy().astype(np.float64))
         if np.isnan(proba).any():
@@ -467,132 +452,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
 
     # ------------------------------------------------------------------ internals
     def _check_params(self) -> dict:
-        """Validate hyper-parameters (at fit, never in ``__init__``); derive defaults.
-
-        Every problem raises ``ValueError`` or ``TypeError`` naming the parameter,
-        before anything is built or trained.
-        """
-        T = check_scalar(self.max_epochs, "max_epochs", numbers.Integral, min_val=1)
-        check_scalar(self.batch_size, "batch_size", numbers.Integral, min_val=1)
-        _check_real(self.lr, "lr", min_val=0, include_boundaries="neither")
-        _check_real(self.weight_decay, "weight_decay", min_val=0)
-        _check_real(self.dropout, "dropout", min_val=0, max_val=1, include_boundaries="left")
-        if self.batch_selection not in BATCH_SELECTIONS:
-            raise ValueError(
-                f"batch_selection must be one of {BATCH_SELECTIONS}, got {self.batch_selection!r}"
-            )
-        if self.label_context not in LABEL_CONTEXTS:
-            raise ValueError(
-                f"label_context must be one of {LABEL_CONTEXTS}, got {self.label_context!r}"
-            )
-        check_scalar(self.history_size, "history_size", numbers.Integral, min_val=2)
-        _check_real(self.flip_decay, "flip_decay", min_val=0, max_val=1, include_boundaries="right")
-        _check_real(self.fluctuation_weight, "fluctuation_weight", min_val=0, max_val=1)
-        for name in ("label_weight_mean", "label_weight_std"):
-            _check_real(getattr(self, name), name)
-        check_scalar(self.n_neighbors, "n_neighbors", numbers.Integral, min_val=0)
-        # Finite: an infinite pressure turns the rank probabilities into NaN.
-        _check_real(self.selection_pressure, "selection_pressure", min_val=1)
-        for name in ("mixture_start", "mixture_end"):
-            _check_real(getattr(self, name), name, min_val=0, max_val=1)
-        warmup = round(0.1 * T) if self.warmup_epochs is None else self.warmup_epochs
-        check_scalar(warmup, "warmup_epochs", numbers.Integral, min_val=0)
-        if warmup >= T:
-            raise ValueError(
-                f"warmup_epochs must be smaller than max_epochs ({T}), got {warmup}: "
-                "D2ACE would never select a batch"
-            )
-        ramp_end = round(0.7 * T) if self.mixture_ramp_end is None else self.mixture_ramp_end
-        check_scalar(ramp_end, "mixture_ramp_end", numbers.Integral, min_val=0)
-        if self.validation_fraction is not None:
-            _check_real(
-                self.validation_fraction,
-                "validation_fraction",
-                min_val=0,
-                max_val=1,
-                include_boundaries="left",
-            )
-        if self.patience is not None:
-            check_scalar(self.patience, "patience", numbers.Integral, min_val=1)
-        _check_real(self.threshold, "threshold", min_val=0, max_val=1)
-        check_scalar(self.num_workers, "num_workers", numbers.Integral, min_val=0)
-        optimizer = self.optimizer
-        if isinstance(optimizer, str):
-            if optimizer not in _OPTIMIZERS:
-                raise ValueError(
-                    f"optimizer must be one of {sorted(_OPTIMIZERS)} or a torch optimizer "
-                    f"class, got {optimizer!r}"
-                )
-            optimizer = _OPTIMIZERS[optimizer]
-        elif not (inspect.isclass(optimizer) and issubclass(optimizer, torch.optim.Optimizer)):
-            raise TypeError(
-                f"optimizer must be a name or a torch optimizer class, got {optimizer!r}"
-            )
-        module = MLP if self.module is None else self.module
-        if not (inspect.isclass(module) and issubclass(module, torch.nn.Module)):
-            raise TypeError(
-                "module must be a torch.nn.Module subclass (the class, not an instance), "
-                f"got {module!r}"
-            )
-        if self.module_kwargs is not None and not isinstance(self.module_kwargs, Mapping):
-            raise TypeError(
-                f"module_kwargs must be a dict or None, got {type(self.module_kwargs).__name__}"
-            )
-        if self.module is None:
-            self._check_hidden_layer_sizes()
-        if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
-            raise TypeError(
-                "callbacks must be a list of skorch callbacks or None, "
-                f"got {type(self.callbacks).__name__}"
-            )
-        self._check_device()
-        return {
-            "warmup": int(warmup),
-            "ramp_end": int(ramp_end),
-            "optimizer": optimizer,
-            "module": module,
-        }
-
-    def _check_hidden_layer_sizes(self) -> None:
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, numbers.Integral):
-            sizes = (sizes,)
-        try:
-            sizes = list(sizes)
-        except TypeError:
-            raise TypeError(
-                "hidden_layer_sizes must be a sequence of positive ints, "
-                f"got {self.hidden_layer_sizes!r}"
-            ) from None
-        for size in sizes:
-            if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-                raise ValueError(
-                    "hidden_layer_sizes must be a sequence of positive ints, "
-                    f"got {self.hidden_layer_sizes!r}"
-                )
-
-    def _check_device(self) -> None:
-        """'cpu' always; CUDA devices only when present (else a clear ValueError)."""
-        if not isinstance(self.device, (str, torch.device)):
-            raise TypeError(
-                "device must be a string such as 'cpu' or 'cuda' (or a torch.device), "
-                f"got {self.device!r}"
-            )
-        try:
-            device = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(f"device={self.device!r} is not a torch device: {exc}") from None
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(
-                    f"device={self.device!r} was requested but CUDA is not available "
-                    "(use device='cpu')"
-                )
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                raise ValueError(
-                    f"device={self.device!r} was requested but only "
-                    f"{torch.cuda.device_count()} CUDA device(s) are available"
-                )
+        """:func:`~skd2ace._validation.check_params` of this estimator."""
+        return check_params(self)
 
     def _check_data(self, X, y, reset: bool = True):
         """Validate ``X`` and ``y``; encode ``y`` as an int8 (N, q) indicator matrix.
@@ -612,7 +473,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             multi_output=True,
             ensure_min_samples=2,
         )
-        _check_float32_range(X)
+        check_float32_range(X)
         check_classification_targets(Y)
         target = type_of_target(Y, input_name="y")
         if target == "multiclass-multioutput":
@@ -628,7 +489,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 f"Only binary classification is supported. The type of the target is {target}."
             )
         Y = np.asarray(Y.toarray() if sp.issparse(Y) else Y)
-        binary_1d, y_dtype = Y.ndim == 1, _target_dtype(y, Y.dtype)
+        binary_1d, y_dtype = Y.ndim == 1, target_dtype(y, Y.dtype)
         if not reset and binary_1d != self._binary_1d:
             raise ValueError("y must have the same number of dimensions as in the first fit")
         if binary_1d:
@@ -676,7 +537,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
-        self._data_digests = _digests(X, Y)
+        self._data_digests = data_digests(X, Y)
         sampler = self._build_sampler(
             X[train_idx],
             Y[train_idx],
@@ -698,13 +559,17 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             lr=self.lr,
             max_epochs=self.max_epochs,
             batch_size=int(self.batch_size),  # torch's BatchSampler rejects numpy ints
-            train_split=None if valid is None else _PredefinedSplit(valid),
-            callbacks=self._callbacks(valid is not None),
+            train_split=None if valid is None else PredefinedSplit(valid),
             predict_nonlinearity=sigmoid,
             iterator_train__num_workers=self.num_workers,
             device=self.device,
             verbose=self.verbose,
-            **self._print_log(),
+            **net_callbacks(
+                validate=valid is not None,
+                patience=self.patience,
+                verbose=self.verbose,
+                user_callbacks=self.callbacks,
+            ),
             batch_sampler=sampler,
             **{f"module__{key}": value for key, value in module_kwargs.items()},
         )
@@ -753,7 +618,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             )
         first = getattr(self, "_data_digests", None)  # None: pickled by an older version
         if first is not None:
-            for name, old_digest, new_digest in zip(("X", "y"), first, _digests(X, Y), strict=True):
+            for name, old_digest, new_digest in zip(
+                ("X", "y"), first, data_digests(X, Y), strict=True
+            ):
                 if old_digest != new_digest:
                     raise ValueError(
                         f"continuing training needs the data of the first fit: {name} differs "
@@ -838,110 +705,3 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             if takes_any or key in accepted:
                 kwargs.setdefault(key, value)
         return module, kwargs
-
-    def _print_log(self) -> dict:
-        # skorch's PrintLog formats a table every epoch even when nothing is printed.
-        if not self.verbose:
-            return {"callbacks__print_log": None}
-        return {"callbacks__print_log__keys_ignored": list(SELECTION_KEYS[3:])}
-
-    def _callbacks(self, validate: bool) -> list:
-        callbacks = []
-        if validate:
-            callbacks.append(
-                (
-                    "valid_macro_auc",
-                    EpochScoring(valid_macro_auc, lower_is_better=False, name="valid_macro_auc"),
-                )
-            )
-            callbacks.append(
-                (
-                    "best_valid_macro_auc",
-                    EarlyStopping(
-                        monitor="valid_macro_auc",
-                        lower_is_better=False,
-                        patience=self.patience or sys.maxsize,
-                        threshold=0.0,
-                        threshold_mode="abs",
-                        load_best=True,
-                        sink=print if self.verbose else _silent,
-                    ),
-                )
-            )
-        for i, callback in enumerate(self.callbacks or []):
-            if isinstance(callback, tuple):
-                callbacks.append(callback)
-            else:
-                callbacks.append((f"user_{i}_{type(callback).__name__}", callback))
-        return callbacks
-
-
-def _check_float32_range(X) -> None:
-    """Reject finite float64 values that overflow float32, the network's dtype (they
-    would become inf there and look like a diverged training)."""
-    values = X.data if sp.issparse(X) else X
-    if values.dtype == np.float64 and values.size and np.abs(values).max() > _FLOAT32_MAX:
-        raise ValueError(
-            f"Input X contains values too large for float32 (|x| > {_FLOAT32_MAX:.3g}), the "
-            "dtype the network computes in; scale the features."
-        )
-
-
-def _digests(X, Y) -> tuple[int, int]:
-    """Fingerprints (CRC-32, shapes included) of the training data as the network sees
-    it, float32 X and 0/1 Y: continued training must get the data of the first fit.
-    A checksum, not a cryptographic hash: it guards against mistakes (4× faster than
-    blake2b, ~0.25 ms at yeast)."""
-    if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32, copy=True)
-        X.sum_duplicates()
-        X.eliminate_zeros()
-        parts = (X.data, X.indices, X.indptr, np.asarray(X.shape))
-    else:
-        parts = (np.ascontiguousarray(X, dtype=np.float32), np.asarray(X.shape))
-    digests = []
-    for arrays in (parts, (Y, np.asarray(Y.shape))):
-        crc = 0
-        for a in arrays:
-            crc = zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B"), crc)
-        digests.append(crc)
-    return digests[0], digests[1]
-
-
-def _target_dtype(y, validated: np.dtype) -> np.dtype:
-    """The dtype ``predict`` returns: that of ``y``, with pandas' nullable column dtypes
-    ('Int64', 'boolean') read as their numpy counterparts (validation makes them float)."""
-    dtypes = getattr(y, "dtypes", None)
-    if dtypes is None:
-        return validated
-    dtypes = list(dtypes) if hasattr(dtypes, "__iter__") else [dtypes]
-    try:
-        return np.result_type(*(getattr(d, "numpy_dtype", d) for d in dtypes))
-    except TypeError:  # e.g. categorical columns
-        return validated
-
-
-def _check_real(value, name: str, **bounds) -> float:
-    """``check_scalar`` for a real number, which must also be finite.
-
-    ``check_scalar`` lets NaN through any bounds (every comparison with NaN is
-    false) and infinity through one-sided ones.
-    """
-    check_scalar(value, name, numbers.Real, **bounds)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return value
-
-
-class _PredefinedSplit:
-    """skorch ``train_split`` returning a fixed validation dataset (picklable)."""
-
-    def __init__(self, valid):
-        self.valid = valid
-
-    def __call__(self, dataset, y=None, **kwargs):
-        return dataset, self.valid
-
-
-def _silent(*args, **kwargs):
-    return None

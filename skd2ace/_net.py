@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback
+from skorch.callbacks import Callback, EarlyStopping, EpochScoring
 from skorch.dataset import get_len, unpack_data
 from skorch.utils import is_dataset, to_tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from ._data import IndexedDataset, collate_batch
+from .metrics import macro_auc
 
-__all__ = ["D2ACENet", "sigmoid"]
+__all__ = ["D2ACENet", "PredefinedSplit", "net_callbacks", "sigmoid", "valid_macro_auc"]
 
 #: History keys written every epoch by :class:`D2ACENet`.
 SELECTION_KEYS = (
@@ -29,6 +31,63 @@ SELECTION_KEYS = (
 def sigmoid(logits: torch.Tensor) -> torch.Tensor:
     """Probabilities from logits (a named function, so that nets pickle)."""
     return torch.sigmoid(logits)
+
+
+def valid_macro_auc(net, X, y):
+    """skorch scoring: macro-AUC of the validation set (one-class labels skipped).
+
+    NaN when no label column holds both classes or the network diverged.
+    """
+    proba = net.predict_proba(X)
+    if not np.all(np.isfinite(proba)):
+        return float("nan")
+    return macro_auc(y, proba)
+
+
+def net_callbacks(*, validate: bool, patience, verbose, user_callbacks) -> dict:
+    """The net's callback parameters: validation macro-AUC scoring and best-epoch
+    restoring (``patience`` epochs without improvement stop training, None never),
+    then the user's callbacks (named ``user_<i>_<class>`` unless given as
+    ``(name, callback)``), and skorch's PrintLog only when ``verbose``."""
+    callbacks = []
+    if validate:
+        scoring = EpochScoring(valid_macro_auc, lower_is_better=False, name="valid_macro_auc")
+        best = EarlyStopping(
+            monitor="valid_macro_auc",
+            lower_is_better=False,
+            patience=patience or sys.maxsize,
+            threshold=0.0,
+            threshold_mode="abs",
+            load_best=True,
+            sink=print if verbose else _silent,
+        )
+        callbacks += [("valid_macro_auc", scoring), ("best_valid_macro_auc", best)]
+    for i, callback in enumerate(user_callbacks or []):
+        if isinstance(callback, tuple):
+            callbacks.append(callback)
+        else:
+            callbacks.append((f"user_{i}_{type(callback).__name__}", callback))
+    params = {"callbacks": callbacks}
+    # skorch's PrintLog formats a table every epoch even when nothing is printed.
+    if verbose:
+        params["callbacks__print_log__keys_ignored"] = list(SELECTION_KEYS[3:])
+    else:
+        params["callbacks__print_log"] = None
+    return params
+
+
+class PredefinedSplit:
+    """skorch ``train_split`` returning a fixed validation dataset (picklable)."""
+
+    def __init__(self, valid):
+        self.valid = valid
+
+    def __call__(self, dataset, y=None, **kwargs):
+        return dataset, self.valid
+
+
+def _silent(*args, **kwargs):
+    return None
 
 
 class D2ACENet(NeuralNet):

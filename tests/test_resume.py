@@ -200,6 +200,23 @@ def test_pickle_and_joblib_round_trip(fitted, data, route, tmp_path):
     assert len(restored.net_.history) == T
 
 
+def test_pickles_made_before_the_callbacks_moved_to_the_net_module_load(fitted, data):
+    # The net's validation split and callbacks lived in skd2ace._classifier until they
+    # moved to skd2ace._net; pickles made before refer to them by the old names.
+    X, _ = data
+    stream = pickle.dumps(fitted, protocol=2)  # globals as "c<module>\n<name>\n"
+    for new, old in (
+        (b"PredefinedSplit", b"_PredefinedSplit"),
+        (b"valid_macro_auc", b"valid_macro_auc"),
+        (b"_silent", b"_silent"),
+    ):
+        moved = b"cskd2ace._net\n" + new + b"\n"
+        assert moved in stream
+        stream = stream.replace(moved, b"cskd2ace._classifier\n" + old + b"\n")
+    restored = pickle.loads(stream)
+    np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
+
+
 def test_pickled_warm_estimator_continues_identically(data):
     # The pickle holds the whole training state (network, optimizer, selection
     # record, random streams): continuing the copy equals continuing the original.
