@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -33,6 +35,8 @@ _PredefinedSplit, _silent, valid_macro_auc = (
 __all__ = ["D2ACEMultiLabelClassifier"]
 
 _PROBA_EPS = np.finfo(np.float64).eps
+# Held while a fit seeds and draws from torch's process-wide random generators.
+_TORCH_RNG_LOCK = threading.RLock()
 
 
 class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator):
@@ -243,8 +247,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         restored at the end is the best of this call.
 
         Interrupting training (``KeyboardInterrupt``, e.g. Ctrl-C or a callback
-        raising it) ends it after the current epoch and leaves a usable fitted
-        estimator, with the best validation weights so far restored.
+        raising it) stops it at once, after the current batch, and leaves a usable
+        fitted estimator, with the best validation weights so far restored. The
+        interrupted epoch stays in the history (without its losses and scores) and
+        counts as an epoch for the schedules.
 
         All hyper-parameters and the data are validated before anything is built
         or trained: bad values raise ``ValueError`` or ``TypeError`` naming them.
@@ -265,10 +271,13 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             X, Y = self._check_continuation(X, y)
         else:
             X, Y = self._start(X, y, settings)
-        self._run(X, Y, self.max_epochs)
-        if not self.warm_start:
-            # The O(N·q) selection state is only needed to continue training.
-            self.net_.batch_sampler.release()
+        try:
+            self._run(X, Y, self.max_epochs)
+        finally:
+            if not self.warm_start:
+                # The O(N·q) selection state (and its worker thread) is only needed to
+                # continue training; also freed when training raised.
+                self.net_.batch_sampler.release()
         return self
 
     def partial_fit(self, X, y, classes=None):
@@ -573,8 +582,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             batch_sampler=sampler,
             **{f"module__{key}": value for key, value in module_kwargs.items()},
         )
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(self._torch_seed)
+        with self._seeded_torch(self._torch_seed):
             net.initialize()
         self.net_ = net
 
@@ -647,9 +655,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """Train ``epochs`` more epochs on the training part of ``X`` (data checked by
         :meth:`_start` or :meth:`_check_continuation`)."""
         net = self.net_
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            # Continuations draw fresh, reproducible torch randomness per epoch count.
-            torch.manual_seed(self._torch_seed + len(net.history))
+        # Continuations draw fresh, reproducible torch randomness per epoch count.
+        with self._seeded_torch(self._torch_seed + len(net.history)):
             net.partial_fit(
                 X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
             )
@@ -672,9 +679,19 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         net = getattr(self, "net_", None)
         return net is not None and getattr(net, "initialized_", False)
 
-    def _rng_devices(self) -> list:
+    @contextlib.contextmanager
+    def _seeded_torch(self, seed: int):
+        """Torch's random generators seeded with ``seed`` for the block, restored after.
+
+        They are process-wide: fits in threads of one process take turns (a fit in
+        another thread would draw from, and reseed, the same generator)."""
         device = torch.device(self.device)
-        return [device] if device.type == "cuda" else []
+        with (
+            _TORCH_RNG_LOCK,
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
+            torch.manual_seed(seed)
+            yield
 
     def _split(self, n_samples: int, seed: int):
         fraction = self.validation_fraction or 0.0

@@ -299,3 +299,22 @@ def test_yeast_reaches_sensible_macro_auc(mulan_home):
     # Published yeast macro-AUCs of MLP-based learners lie around 0.70 (Zhang & Zhou);
     # an untrained net gives ~0.5.
     assert auc > 0.66, auc
+
+
+def test_fits_in_parallel_threads_are_reproducible():
+    # torch's random generator is process-wide: fits in threads take turns with it, so
+    # each gets the initialisation and dropout masks of its own seed.
+    from joblib import Parallel, delayed
+
+    X, Y = make_multilabel_classification(n_samples=300, n_classes=4, random_state=0)
+
+    def fit(seed):
+        clf = D2ACEMultiLabelClassifier(
+            max_epochs=6, hidden_layer_sizes=(64,), dropout=0.3, random_state=seed
+        )
+        return clf.fit(X, Y).predict_proba(X)
+
+    alone = [fit(seed) for seed in (0, 1, 2, 3)]
+    together = Parallel(n_jobs=4, backend="threading")(delayed(fit)(s) for s in (0, 1, 2, 3))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)

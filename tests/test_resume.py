@@ -84,6 +84,29 @@ def test_keyboard_interrupt_leaves_a_usable_estimator(data):
     assert clf.predict(X).shape == Y.shape
 
 
+class FailAt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.at:
+            raise RuntimeError("callback failed")
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_an_error_during_fit_frees_the_selection_state_like_a_finished_fit(data, warm_start):
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(
+        **FAST, callbacks=[FailAt(2)], warm_start=warm_start, random_state=0
+    )
+    with pytest.raises(RuntimeError, match="callback failed"):
+        clf.fit(X, Y)
+    sampler = clf.net_.batch_sampler
+    assert (sampler.record_ is None) is not warm_start
+    clf.set_params(callbacks=None, warm_start=True).partial_fit(X, Y)  # goes on either way
+    assert len(clf.net_.history) == 3
+
+
 # ---------------------------------------------------------------- warm_start
 def test_warm_start_continues_network_schedules_and_state(data):
     X, Y = data
