@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _net
 from ._data import IndexedDataset
-from ._net import D2ACENet, PredefinedSplit, net_callbacks, sigmoid
+from ._net import D2ACENet, PredefinedSplit, ValidationRows, net_callbacks, sigmoid
 from ._validation import check_float32_range, check_params, data_digests, target_dtype
 from .neighbors import nearest_neighbors_in_background
 from .sampler import D2ACEBatchSampler
@@ -546,6 +546,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
+        self._valid_idx = valid_idx
         self._data_digests = data_digests(X, Y)
         sampler = self._build_sampler(
             X[train_idx],
@@ -556,9 +557,6 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             random_state=sampler_seed,
         )
         module, module_kwargs = self._module_params(settings["module"], X.shape[1])
-        valid = None
-        if valid_idx is not None:
-            valid = IndexedDataset(X[valid_idx], Y[valid_idx])
         net = D2ACENet(
             module,
             criterion=torch.nn.BCEWithLogitsLoss,
@@ -568,13 +566,14 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             lr=self.lr,
             max_epochs=self.max_epochs,
             batch_size=int(self.batch_size),  # torch's BatchSampler rejects numpy ints
-            train_split=None if valid is None else PredefinedSplit(valid),
+            # The validation rows themselves are put in place while training (_run).
+            train_split=None if valid_idx is None else ValidationRows(valid_idx),
             predict_nonlinearity=sigmoid,
             iterator_train__num_workers=self.num_workers,
             device=self.device,
             verbose=self.verbose,
             **net_callbacks(
-                validate=valid is not None,
+                validate=valid_idx is not None,
                 patience=self.patience,
                 verbose=self.verbose,
                 user_callbacks=self.callbacks,
@@ -655,11 +654,21 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """Train ``epochs`` more epochs on the training part of ``X`` (data checked by
         :meth:`_start` or :meth:`_check_continuation`)."""
         net = self.net_
-        # Continuations draw fresh, reproducible torch randomness per epoch count.
-        with self._seeded_torch(self._torch_seed + len(net.history)):
-            net.partial_fit(
-                X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
-            )
+        # Fitted estimators (and their pickles) keep which rows validate, not the rows:
+        # continued training gets the data of the first fit (checked), so they are
+        # taken from it again. Pickles made before hold the rows (valid_idx None).
+        valid_idx = getattr(self, "_valid_idx", None)
+        if valid_idx is not None:
+            net.train_split = PredefinedSplit(IndexedDataset(X[valid_idx], Y[valid_idx]))
+        try:
+            # Continuations draw fresh, reproducible torch randomness per epoch count.
+            with self._seeded_torch(self._torch_seed + len(net.history)):
+                net.partial_fit(
+                    X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
+                )
+        finally:
+            if valid_idx is not None:
+                net.train_split = ValidationRows(valid_idx)
         try:
             loss = net.history[-1, "train_loss"]
         except (KeyError, IndexError):  # interrupted before the first epoch ended
