@@ -137,9 +137,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         validation macro-AUC and the selection record (``selection_pressure``,
         ``mixture_weight``, ``selection_ess``, ``label_weights_uncertainty``,
         ``label_weights_hardness``).
-    classes_ : list of ndarray or ndarray
-        ``[array([0, 1])] * n_labels`` for a label matrix, the two class labels for
-        1-D binary ``y``.
+    classes_ : ndarray of shape (n_labels, 2) or (n_classes,)
+        For a label matrix, row ``j`` holds label ``j``'s classes ``[0, 1]`` (in
+        ``y``'s dtype); for 1-D binary ``y``, its two class labels.
     n_labels_ : int
     n_features_in_ : int
     feature_names_in_ : ndarray of str
@@ -470,6 +470,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         ``reset=False`` (continued training) checks them against the first fit.
         """
         shape = getattr(y, "shape", None)  # (np.shape would convert array-likes)
+        if shape is None and isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) > 0:
+            shape = (len(y), len(y[0]))  # rows given as lists
         if shape is not None and len(shape) == 2 and shape[1] == 0:
             raise ValueError(f"y has no label columns (shape {shape}); it needs at least one")
         X, Y = validate_data(
@@ -514,7 +516,12 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                     "y must be a binary indicator matrix with values 0 and 1 (one column "
                     f"per label); got values {values[:10].tolist()}"
                 )
-            labels = [np.array([0, 1], dtype=Y.dtype) for _ in range(Y.shape[1])]
+            # An (n_labels, 2) array, not a list: classes_[j] is still label j's
+            # classes, and scikit-learn's cross_val_predict and StackingClassifier, which
+            # expect an ndarray classes_ with an ndarray predict_proba, work; the scorers
+            # still see a 'multilabel-indicator' classes_ (the (n, q) probabilities).
+            # y's dtype, as predict's, also for pandas' nullable dtypes.
+            labels = np.tile(np.array([0, 1], dtype=y_dtype), (Y.shape[1], 1))
             Y = Y.astype(np.int8)
         if reset:
             self._binary_1d, self._y_dtype = binary_1d, y_dtype

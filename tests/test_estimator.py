@@ -211,7 +211,29 @@ def test_two_label_matrix_with_probability_scorers(scoring):
     scores = cross_val_score(clf, X, Y, scoring=scoring, cv=2)
     assert np.all(np.isfinite(scores)) and np.all((scores > 0) & (scores <= 1))
     fitted = clone(clf).fit(X, Y)
-    assert isinstance(fitted.classes_, list) and len(fitted.classes_) == 2
+    assert fitted.classes_.shape == (2, 2) and len(fitted.classes_) == 2
+
+
+@pytest.mark.parametrize("q", [1, 3])
+def test_cross_val_predict_and_stacking_with_probabilities(q):
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.multioutput import MultiOutputClassifier
+
+    X, Y = small_problem(n=90, q=q)
+    clf = D2ACEMultiLabelClassifier(**FAST, random_state=0)
+    cv = KFold(3)
+    proba = cross_val_predict(clf, X, Y, cv=cv, method="predict_proba")
+    expected = np.zeros(Y.shape)
+    for train, test in cv.split(X):
+        expected[test] = clone(clf).fit(X[train], Y[train]).predict_proba(X[test])
+    np.testing.assert_array_equal(proba, expected)
+    if q > 1:
+        stack = StackingClassifier(
+            [("d2ace", clf)], final_estimator=MultiOutputClassifier(LogisticRegression()), cv=2
+        ).fit(X, Y)
+        assert stack.predict(X).shape == Y.shape
 
 
 def test_tags_declare_a_multi_label_classifier():
