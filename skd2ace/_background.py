@@ -52,12 +52,24 @@ def _forget(future: Future) -> None:
 
 def _wait_for_all() -> None:
     """Before ``os.fork``: let background tasks finish (errors are raised by their
-    owners, who hold the futures)."""
+    owners, who hold the futures), then hold the lock across the fork: a worker
+    still inside :func:`_forget` would otherwise leave it locked in the child."""
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for future in running:
         future.exception()
+    _RUNNING_LOCK.acquire()
+
+
+def _after_fork_in_child() -> None:
+    """The child has none of the parent's threads: nothing runs there."""
+    _RUNNING.clear()
+    _RUNNING_LOCK.release()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_wait_for_all)
+    os.register_at_fork(
+        before=_wait_for_all,
+        after_in_parent=_RUNNING_LOCK.release,
+        after_in_child=_after_fork_in_child,
+    )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -18,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import _net
 from ._data import IndexedDataset
-from ._net import D2ACENet, PredefinedSplit, net_callbacks, sigmoid
+from ._net import D2ACENet, PredefinedSplit, ValidationRows, net_callbacks, sigmoid
 from ._validation import check_float32_range, check_params, data_digests, target_dtype
 from .neighbors import nearest_neighbors_in_background
 from .sampler import D2ACEBatchSampler
@@ -33,6 +35,8 @@ _PredefinedSplit, _silent, valid_macro_auc = (
 __all__ = ["D2ACEMultiLabelClassifier"]
 
 _PROBA_EPS = np.finfo(np.float64).eps
+# Held while a fit seeds and draws from torch's process-wide random generators.
+_TORCH_RNG_LOCK = threading.RLock()
 
 
 class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator):
@@ -133,9 +137,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         validation macro-AUC and the selection record (``selection_pressure``,
         ``mixture_weight``, ``selection_ess``, ``label_weights_uncertainty``,
         ``label_weights_hardness``).
-    classes_ : list of ndarray or ndarray
-        ``[array([0, 1])] * n_labels`` for a label matrix, the two class labels for
-        1-D binary ``y``.
+    classes_ : ndarray of shape (n_labels, 2) or (n_classes,)
+        For a label matrix, row ``j`` holds label ``j``'s classes ``[0, 1]`` (in
+        ``y``'s dtype); for 1-D binary ``y``, its two class labels.
     n_labels_ : int
     n_features_in_ : int
     feature_names_in_ : ndarray of str
@@ -243,8 +247,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         restored at the end is the best of this call.
 
         Interrupting training (``KeyboardInterrupt``, e.g. Ctrl-C or a callback
-        raising it) ends it after the current epoch and leaves a usable fitted
-        estimator, with the best validation weights so far restored.
+        raising it) stops it at once, after the current batch, and leaves a usable
+        fitted estimator, with the best validation weights so far restored. The
+        interrupted epoch stays in the history (without its losses and scores) and
+        counts as an epoch for the schedules.
 
         All hyper-parameters and the data are validated before anything is built
         or trained: bad values raise ``ValueError`` or ``TypeError`` naming them.
@@ -265,10 +271,13 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             X, Y = self._check_continuation(X, y)
         else:
             X, Y = self._start(X, y, settings)
-        self._run(X, Y, self.max_epochs)
-        if not self.warm_start:
-            # The O(N·q) selection state is only needed to continue training.
-            self.net_.batch_sampler.release()
+        try:
+            self._run(X, Y, self.max_epochs)
+        finally:
+            if not self.warm_start:
+                # The O(N·q) selection state (and its worker thread) is only needed to
+                # continue training; also freed when training raised.
+                self.net_.batch_sampler.release()
         return self
 
     def partial_fit(self, X, y, classes=None):
@@ -461,6 +470,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         ``reset=False`` (continued training) checks them against the first fit.
         """
         shape = getattr(y, "shape", None)  # (np.shape would convert array-likes)
+        if shape is None and isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) > 0:
+            shape = (len(y), len(y[0]))  # rows given as lists
         if shape is not None and len(shape) == 2 and shape[1] == 0:
             raise ValueError(f"y has no label columns (shape {shape}); it needs at least one")
         X, Y = validate_data(
@@ -505,7 +516,12 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                     "y must be a binary indicator matrix with values 0 and 1 (one column "
                     f"per label); got values {values[:10].tolist()}"
                 )
-            labels = [np.array([0, 1], dtype=Y.dtype) for _ in range(Y.shape[1])]
+            # An (n_labels, 2) array, not a list: classes_[j] is still label j's
+            # classes, and scikit-learn's cross_val_predict and StackingClassifier, which
+            # expect an ndarray classes_ with an ndarray predict_proba, work; the scorers
+            # still see a 'multilabel-indicator' classes_ (the (n, q) probabilities).
+            # y's dtype, as predict's, also for pandas' nullable dtypes.
+            labels = np.tile(np.array([0, 1], dtype=y_dtype), (Y.shape[1], 1))
             Y = Y.astype(np.int8)
         if reset:
             self._binary_1d, self._y_dtype = binary_1d, y_dtype
@@ -537,6 +553,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         split_seed, torch_seed, sampler_seed = rng.randint(0, 2**31 - 1, size=3)
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
+        self._valid_idx = valid_idx
         self._data_digests = data_digests(X, Y)
         sampler = self._build_sampler(
             X[train_idx],
@@ -547,9 +564,6 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             random_state=sampler_seed,
         )
         module, module_kwargs = self._module_params(settings["module"], X.shape[1])
-        valid = None
-        if valid_idx is not None:
-            valid = IndexedDataset(X[valid_idx], Y[valid_idx])
         net = D2ACENet(
             module,
             criterion=torch.nn.BCEWithLogitsLoss,
@@ -559,13 +573,14 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             lr=self.lr,
             max_epochs=self.max_epochs,
             batch_size=int(self.batch_size),  # torch's BatchSampler rejects numpy ints
-            train_split=None if valid is None else PredefinedSplit(valid),
+            # The validation rows themselves are put in place while training (_run).
+            train_split=None if valid_idx is None else ValidationRows(valid_idx),
             predict_nonlinearity=sigmoid,
             iterator_train__num_workers=self.num_workers,
             device=self.device,
             verbose=self.verbose,
             **net_callbacks(
-                validate=valid is not None,
+                validate=valid_idx is not None,
                 patience=self.patience,
                 verbose=self.verbose,
                 user_callbacks=self.callbacks,
@@ -573,8 +588,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             batch_sampler=sampler,
             **{f"module__{key}": value for key, value in module_kwargs.items()},
         )
-        with torch.random.fork_rng(devices=self._rng_devices()):
-            torch.manual_seed(self._torch_seed)
+        with self._seeded_torch(self._torch_seed):
             net.initialize()
         self.net_ = net
 
@@ -647,12 +661,21 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """Train ``epochs`` more epochs on the training part of ``X`` (data checked by
         :meth:`_start` or :meth:`_check_continuation`)."""
         net = self.net_
-        with torch.random.fork_rng(devices=self._rng_devices()):
+        # Fitted estimators (and their pickles) keep which rows validate, not the rows:
+        # continued training gets the data of the first fit (checked), so they are
+        # taken from it again. Pickles made before hold the rows (valid_idx None).
+        valid_idx = getattr(self, "_valid_idx", None)
+        if valid_idx is not None:
+            net.train_split = PredefinedSplit(IndexedDataset(X[valid_idx], Y[valid_idx]))
+        try:
             # Continuations draw fresh, reproducible torch randomness per epoch count.
-            torch.manual_seed(self._torch_seed + len(net.history))
-            net.partial_fit(
-                X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
-            )
+            with self._seeded_torch(self._torch_seed + len(net.history)):
+                net.partial_fit(
+                    X[self._train_idx], Y[self._train_idx].astype(np.float32), epochs=epochs
+                )
+        finally:
+            if valid_idx is not None:
+                net.train_split = ValidationRows(valid_idx)
         try:
             loss = net.history[-1, "train_loss"]
         except (KeyError, IndexError):  # interrupted before the first epoch ended
@@ -672,9 +695,19 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         net = getattr(self, "net_", None)
         return net is not None and getattr(net, "initialized_", False)
 
-    def _rng_devices(self) -> list:
+    @contextlib.contextmanager
+    def _seeded_torch(self, seed: int):
+        """Torch's random generators seeded with ``seed`` for the block, restored after.
+
+        They are process-wide: fits in threads of one process take turns (a fit in
+        another thread would draw from, and reseed, the same generator)."""
         device = torch.device(self.device)
-        return [device] if device.type == "cuda" else []
+        with (
+            _TORCH_RNG_LOCK,
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+        ):
+            torch.manual_seed(seed)
+            yield
 
     def _split(self, n_samples: int, seed: int):
         fraction = self.validation_fraction or 0.0

@@ -16,7 +16,14 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from ._data import IndexedDataset, collate_batch
 from .metrics import macro_auc
 
-__all__ = ["D2ACENet", "PredefinedSplit", "net_callbacks", "sigmoid", "valid_macro_auc"]
+__all__ = [
+    "D2ACENet",
+    "PredefinedSplit",
+    "ValidationRows",
+    "net_callbacks",
+    "sigmoid",
+    "valid_macro_auc",
+]
 
 #: History keys written every epoch by :class:`D2ACENet`.
 SELECTION_KEYS = (
@@ -84,6 +91,21 @@ class PredefinedSplit:
 
     def __call__(self, dataset, y=None, **kwargs):
         return dataset, self.valid
+
+
+class ValidationRows:
+    """skorch ``train_split`` of a fitted net between trainings: which rows of the
+    estimator's data validate, not the rows themselves (the estimator puts a
+    :class:`PredefinedSplit` of them in place while it trains)."""
+
+    def __init__(self, idx):
+        self.idx = idx
+
+    def __call__(self, dataset, y=None, **kwargs):
+        raise RuntimeError(
+            "this net validates on rows that D2ACEMultiLabelClassifier supplies while it "
+            "trains: continue training with the estimator's fit or partial_fit"
+        )
 
 
 def _silent(*args, **kwargs):

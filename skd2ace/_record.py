@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -128,6 +129,7 @@ class TrainingRecord:
         self._work: dict[str, np.ndarray] = {}
         self._pending: list[Future] = []  # queues in the worker's hands, oldest first
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid: int | None = None  # the process whose thread it holds
 
     @property
     def uncertainty(self) -> np.ndarray:
@@ -234,22 +236,31 @@ class TrainingRecord:
         # it is _MAX_PENDING queues ahead (a worker slowed for a moment is absorbed).
         self._wait(_MAX_PENDING - 1)
         queue, self._queue, self._filled = self._queue, [], 0
-        if self._executor is None:
+        if self._executor is None or self._executor_pid != os.getpid():
+            # A forked child inherits the executor but not its thread: a new one.
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="skd2ace-record")
+            self._executor_pid = os.getpid()
         self._pending.append(_background.submit(self._executor, self._apply_queue, queue))
 
     def _wait(self, keep: int = 0) -> None:
         """Wait until at most ``keep`` queues are still being applied in the background;
-        re-raises the worker's first error (after waiting for all of them)."""
+        re-raises the worker's first error (after waiting for all of them).
+
+        Interrupted while waiting (Ctrl-C), the queue stays pending: the next call
+        waits for it again, so queues are never applied out of order."""
         while len(self._pending) > keep:
-            pending = self._pending.pop(0)
+            pending = self._pending[0]
             try:
                 pending.result()
-            except BaseException:
+            except BaseException as exc:
+                if not (pending.done() and pending.exception() is exc):
+                    raise  # interrupted here (Ctrl-C), not an error of the worker
+                self._pending.pop(0)
                 for later in self._pending:  # applied to a broken state: drop the results
                     later.exception()
                 self._pending = []
                 raise
+            self._pending.pop(0)
 
     def _apply_queue(self, queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """Apply queued batches ``(idx, proba, loss)``, in order."""
@@ -377,7 +388,7 @@ class TrainingRecord:
         # Pickles hold the state, not the queue, scratch arrays (megabytes) or thread.
         self.flush()
         state = self.__dict__.copy()
-        state.update(_queue=[], _work={}, _pending=[], _executor=None)
+        state.update(_queue=[], _work={}, _pending=[], _executor=None, _executor_pid=None)
         return state
 
 

@@ -7,6 +7,12 @@ defaults (100 epochs) and any data sets, strategies, folds and seeds. Both write
 ``results.md``, ``results.csv``, ``results.json``, ``comparison.md`` and PNG plots into
 ``--out`` (default ``./skd2ace-out``).
 
+Every fold job is saved in ``--out``'s ``folds.jsonl`` as soon as it finishes. Ctrl-C
+writes the reports of the jobs done so far and exits with code 130; the same command
+with ``--resume`` runs only the jobs that are missing. Without ``--resume``, a
+``folds.jsonl`` of an unfinished run is refused (it is not overwritten), a finished
+one is replaced.
+
 Examples
 --------
 .. code-block:: console
@@ -14,17 +20,22 @@ Examples
     $ skd2ace                                   # the main job (about a minute)
     $ SKD2ACE_DATA=/data/mulan skd2ace benchmark --datasets emotions yeast --seeds 0 1 2
     $ python -m skd2ace benchmark --datasets emotions --folds 2 --epochs 5 --out out/
+    $ python -m skd2ace benchmark --datasets emotions --folds 2 --epochs 5 --out out/ --resume
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported when needed: --help stays fast
+    from .benchmark import BenchmarkConfig, BenchmarkResult
 
 __all__ = ["BENCHMARK_DEFAULTS", "RUN_DEFAULTS", "build_parser", "main"]
 
@@ -230,9 +241,23 @@ def _add_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
         "the small default MLPs run fastest on one",
     )
     run.add_argument(
-        "--out", type=Path, default=Path("skd2ace-out"), metavar="DIR", help="output folder"
+        "--out",
+        type=Path,
+        default=Path("skd2ace-out"),
+        metavar="DIR",
+        help="output folder: the reports, and folds.jsonl with every finished fold job",
     )
     run.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run (Ctrl-C, a crash): every fold job is saved in "
+        "DIR/folds.jsonl as it finishes; --resume keeps those, runs only the missing ones and "
+        "writes the reports over all of them. Refused unless the options that change results "
+        "are those of the saved run (--n-jobs, --torch-threads, --data-home, -v and "
+        "--no-plots may differ). Without --resume, a folds.jsonl of an unfinished run is "
+        "refused, not overwritten; a finished one is replaced",
+    )
     run.add_argument(
         "-v", "--verbose", action="store_true", help="print the estimator's per-epoch table"
     )
@@ -268,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch-selection strategies on data sets under the reference protocol",
         description="Run batch-selection strategies on one or more data sets under the "
         "reference protocol and write results.md, results.csv, results.json, "
-        "comparison.md and plots into --out.",
+        "comparison.md and plots into --out. Every fold job is saved in --out as it "
+        "finishes: after Ctrl-C or a crash, --resume runs only the missing ones.",
         formatter_class=_Formatter,
     )
     _add_options(bench, BENCHMARK_DEFAULTS)
@@ -287,6 +313,57 @@ def _progress(n_done: int, n_total: int, r: dict[str, Any]) -> None:
     )
 
 
+def _finished_jobs(journal: Path, config: BenchmarkConfig, *, resume: bool) -> list[dict]:
+    """The fold results to keep from ``journal``: all of them with ``resume`` (after
+    checking they belong to ``config``), none without.
+
+    Raises ValueError (a :class:`~skd2ace.benchmark.ConfigMismatchError` naming the
+    differing options) when the journal cannot be resumed, or, without ``resume``, when
+    it holds an unfinished run: rerunning the command that crashed must not overwrite
+    its finished jobs; starting over is an explicit choice (delete the file, or another
+    ``--out``). A finished run's journal is replaced, like the reports.
+    """
+    from .benchmark import read_journal
+
+    if not journal.exists():  # with resume too: a script may always pass --resume
+        return []
+    previous = read_journal(journal)
+    if resume:
+        previous.check(config)
+        return previous.folds
+    if not previous.complete:
+        raise ValueError(
+            f"{journal} holds {len(previous.folds)} of {previous.n_fold_jobs} fold jobs of "
+            "an unfinished run: add --resume (with that run's options) to finish it, or "
+            "delete the file or choose another --out to start over."
+        )
+    return []
+
+
+def _interrupted(
+    partial: BenchmarkResult, args: argparse.Namespace, argv: list[str], resume_command: str
+) -> int:
+    """After Ctrl-C: say how far the run got, write the partial reports and how to
+    resume; return 130, the exit code of a command interrupted in a shell."""
+    from .benchmark import FOLDS_FILE, write_reports
+
+    print(
+        f"\nInterrupted: {len(partial.folds)} of {partial.n_fold_jobs} fold jobs done, "
+        f"kept in {args.out / FOLDS_FILE}.",
+        file=sys.stderr,
+        flush=True,
+    )
+    if partial.folds:
+        try:
+            write_reports(partial, args.out, argv=argv, plots=args.plots)
+            print(f"Partial reports in {args.out.resolve()}.", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("Partial reports not written (interrupted again).", file=sys.stderr)
+    n_left = partial.n_fold_jobs - len(partial.folds)
+    print(f"To run the other {n_left}: {resume_command}", file=sys.stderr)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code.
 
@@ -303,9 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .benchmark import (
+        FOLDS_FILE,
         BenchmarkConfig,
+        BenchmarkInterrupted,
         InsufficientDataError,
         console_table,
+        fold_jobs,
         run_benchmark,
         write_reports,
     )
@@ -341,23 +421,55 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as exc:  # any option or --param the estimator rejects
         parser.error(str(exc))
 
-    n_jobs_total = (
-        len(config.datasets) * len(config.strategies) * config.n_folds * len(config.seeds)
-    )
+    journal = args.out / FOLDS_FILE
+    resume_command = shlex.join(["skd2ace", *given, *([] if args.resume else ["--resume"])])
+    try:
+        done = _finished_jobs(journal, config, resume=args.resume)
+    except ValueError as exc:  # other settings, an unfinished run, not a fold journal
+        print(f"skd2ace: error: {exc}", file=sys.stderr)
+        return 2
+    n_total = len(fold_jobs(config))
     print(
         f"skd2ace {args.command}: {', '.join(config.datasets)} | strategies "
         f"{', '.join(config.strategies)} | {config.n_folds} folds × seeds "
-        f"{list(config.seeds)} | {config.max_epochs} epochs | {n_jobs_total} fold jobs, "
+        f"{list(config.seeds)} | {config.max_epochs} epochs | {n_total} fold jobs, "
         f"n_jobs={config.n_jobs}",
         flush=True,
     )
+    if args.resume:
+        print(
+            f"Resuming: {len(done)} of {n_total} fold jobs done in {journal}, "
+            f"{n_total - len(done)} to run.",
+            flush=True,
+        )
     start = time.perf_counter()
     try:
-        result = run_benchmark(config, progress=_progress)
+        result = run_benchmark(config, progress=_progress, done=done, journal=journal)
     except (MulanDataNotFoundError, InsufficientDataError) as exc:
         print(f"skd2ace: error: {exc}", file=sys.stderr)
         return 1
-    written = write_reports(result, args.out, argv=["skd2ace", *given], plots=args.plots)
+    except BenchmarkInterrupted as exc:
+        return _interrupted(exc.result, args, ["skd2ace", *given], resume_command)
+    except KeyboardInterrupt:  # while loading the data, before any job started
+        print(f"\nInterrupted before the fold jobs started; {journal} unchanged.", file=sys.stderr)
+        return 130
+    except Exception:
+        print(
+            f"skd2ace: the fold jobs finished so far are kept in {journal}; once the error "
+            f"below is fixed, this runs the others: {resume_command}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    try:
+        written = write_reports(result, args.out, argv=["skd2ace", *given], plots=args.plots)
+    except KeyboardInterrupt:
+        print(
+            f"\nInterrupted while writing the reports; all {n_total} fold jobs are kept in "
+            f"{journal}, this writes them: {resume_command}",
+            file=sys.stderr,
+        )
+        return 130
     print()
     print(console_table(result))
     elapsed = time.perf_counter() - start

@@ -1,30 +1,43 @@
 """Tests of skd2ace.benchmark: protocol, paired comparison, reports, plots."""
 
 import csv
+import dataclasses
 import json
 import math
+import signal
+import threading
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from scipy.stats import wilcoxon
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler
+from skorch.callbacks import Callback
 
+import skd2ace.benchmark._protocol
 from skd2ace.benchmark import (
     HISTORY_KEYS,
+    NON_RESULT_FIELDS,
     REPORTED_METRICS,
     SYNTHETIC_PARAMS,
     BenchmarkConfig,
+    BenchmarkInterrupted,
     BenchmarkResult,
+    ConfigMismatchError,
+    append_fold,
     baseline_strategy,
     compare_strategies,
     comparison_markdown,
+    config_fingerprint,
     console_table,
+    fold_jobs,
     fold_random_state,
     fold_splits,
     load_dataset,
     make_model,
     paired_comparison,
+    read_journal,
+    result_settings,
     results_markdown,
     run_benchmark,
     run_fold,
@@ -394,3 +407,195 @@ def test_refit_of_one_fold_reproduces_its_metrics(small_run):
     finally:
         torch.set_num_threads(threads)
     assert evaluate(data.Y[test], proba) == pytest.approx(recorded["metrics"], rel=1e-6)
+
+
+# --------------------------------------------------------------------------- fold journal
+
+
+def test_journal_round_trip_gives_the_same_reports(tmp_path):
+    """Fold results read back from the journal make the same reports as in memory."""
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    result.folds[0]["metrics"]["micro_auc"] = float("nan")  # undefined: null in JSON
+    result.folds[1]["history"]["valid_macro_auc"][0] = float("nan")
+    journal = tmp_path / "folds.jsonl"
+    for r in result.folds:
+        append_fold(journal, r, result.config)
+    back = read_journal(journal)
+    assert len(back.folds) == 6 and back.complete and back.n_fold_jobs == 6
+    assert math.isnan(back.folds[0]["metrics"]["micro_auc"])  # a float, as in memory
+    assert back.folds[0]["metrics"]["macro_auc"] == result.folds[0]["metrics"]["macro_auc"]
+    assert back.folds[3]["history"]["mixture_weight"] == [None] * 4  # random records none
+    again = dataclasses.replace(result, folds=back.folds)
+    write_reports(result, tmp_path / "memory", plots=False)
+    write_reports(again, tmp_path / "journal", plots=False)
+    for name in ("results.md", "results.csv", "comparison.md"):
+        assert (tmp_path / "memory" / name).read_text() == (tmp_path / "journal" / name).read_text()
+    memory, journaled = (
+        json.loads((tmp_path / d / "results.json").read_text()) for d in ("memory", "journal")
+    )
+    for key in ("folds", "summary", "comparison"):
+        assert memory[key] == journaled[key], key
+
+
+def test_journal_line_cut_short_by_a_crash(tmp_path):
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    journal = tmp_path / "folds.jsonl"
+    for r in result.folds[:2]:
+        append_fold(journal, r, result.config)
+    whole = journal.read_text()
+    journal.write_text(whole + whole.splitlines()[0][:100])  # the machine died mid-line
+    assert [r["fold"] for r in read_journal(journal).folds] == [0, 1]
+    append_fold(journal, result.folds[2], result.config)  # the cut line is dropped first
+    assert journal.read_text().startswith(whole) and len(journal.read_text().splitlines()) == 3
+    assert [r["fold"] for r in read_journal(journal).folds] == [0, 1, 2]
+    # Elsewhere a broken line is not a crash's trace: refused, with its line number.
+    journal.write_text(whole.replace("\n", "\n{broken\n", 1))
+    with pytest.raises(ValueError, match="line 2: not a fold journal line"):
+        read_journal(journal)
+    # Lines of runs with different settings do not mix.
+    append_fold(journal := tmp_path / "mixed.jsonl", result.folds[0], result.config)
+    append_fold(journal, result.folds[1], BenchmarkConfig(lr=0.1))
+    with pytest.raises(ValueError, match="different settings"):
+        read_journal(journal)
+
+
+def test_fingerprint_leaves_out_only_what_cannot_change_results():
+    config = BenchmarkConfig(n_folds=2, max_epochs=2)
+    fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    assert set(NON_RESULT_FIELDS) < fields
+    assert set(result_settings(config)) == fields - set(NON_RESULT_FIELDS)
+    same = dataclasses.replace(config, n_jobs=4, torch_threads=None, verbose=1, data_home="/x")
+    assert config_fingerprint(same) == config_fingerprint(config)
+    changes = {
+        "datasets": ["emotions"],
+        "strategies": ["random"],
+        "n_folds": 3,
+        "seeds": [1],
+        "max_epochs": 3,
+        "batch_size": 64,
+        "lr": 0.01,
+        "hidden_layer_sizes": [8],
+        "validation_fraction": 0.2,
+        "threshold": 0.4,
+        "device": "cpu:0",
+        "preprocess": False,
+        "min_positives": 5,
+        "estimator_params": {"selection_pressure": 4.0},
+    }
+    assert set(changes) == fields - set(NON_RESULT_FIELDS)  # a new field needs a decision
+    for name, value in changes.items():
+        other = dataclasses.replace(config, **{name: value})
+        assert config_fingerprint(other) != config_fingerprint(config), name
+    # Unused without preprocessing.
+    raw = dataclasses.replace(config, preprocess=False)
+    assert config_fingerprint(dataclasses.replace(raw, min_positives=5)) == config_fingerprint(raw)
+
+
+def test_journal_check_names_the_differing_settings(tmp_path):
+    config = BenchmarkConfig(n_folds=2, max_epochs=2)
+    fold = {"dataset": "synthetic", "strategy": "d2ace", "seed": 0, "fold": 0, "metrics": {}}
+    append_fold(tmp_path / "folds.jsonl", fold, config)
+    journal = read_journal(tmp_path / "folds.jsonl")
+    journal.check(dataclasses.replace(config, n_jobs=2, torch_threads=4))  # no error
+    other = dataclasses.replace(config, max_epochs=5, estimator_params={"dropout": 0.1})
+    with pytest.raises(ConfigMismatchError, match="max_epochs: 2 in the journal, 5 now") as exc:
+        journal.check(other)
+    assert [d.split(":")[0] for d in exc.value.differences] == ["estimator_params", "max_epochs"]
+    assert not journal.complete and journal.n_fold_jobs == 4
+
+
+def job_key(r):
+    return (r["dataset"], r["strategy"], r["seed"], r["fold"])
+
+
+def fake_run_fold(calls, interrupt_at=None):
+    """A run_fold that trains nothing; the ``interrupt_at``-th call raises KeyboardInterrupt."""
+
+    def run(X, Y, train, test, *, dataset, strategy, seed, fold, config, **kwargs):
+        calls.append((dataset, strategy, seed, fold))
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return fake_fold(dataset, strategy, seed, fold, 0.5 + 0.1 * fold)
+
+    return run
+
+
+def test_run_benchmark_interrupted_then_resumed(tmp_path, monkeypatch):
+    config = BenchmarkConfig(n_folds=3, max_epochs=2, seeds=(0, 1))  # 12 fold jobs
+    journal = tmp_path / "out" / "folds.jsonl"
+    calls = []
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", fake_run_fold(calls, 6))
+    seen = []
+    with pytest.raises(BenchmarkInterrupted) as exc:
+        run_benchmark(config, journal=journal, progress=lambda *a: seen.append(a[:2]))
+    assert isinstance(exc.value, KeyboardInterrupt)  # stops callers that do not know it
+    partial = exc.value.result
+    assert len(partial.folds) == 5 and not partial.complete and partial.n_fold_jobs == 12
+    assert seen == [(k, 12) for k in range(1, 6)]
+    assert len(journal.read_text().splitlines()) == 5  # every finished job, at once
+    keys = [job_key(r) for r in partial.folds]
+    assert keys == [k for k in fold_jobs(config) if k in keys]  # in report order
+
+    # Resume: only the 7 missing jobs run; the result is in report order.
+    done = read_journal(journal)
+    done.check(config)
+    calls.clear()
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", fake_run_fold(calls))
+    result = run_benchmark(
+        config, done=done.folds, journal=journal, progress=lambda *a: seen.append(a[:2])
+    )
+    assert len(calls) == 7 and set(calls) == set(fold_jobs(config)) - set(keys)
+    assert seen[5:] == [(k, 12) for k in range(6, 13)]  # counting the resumed ones
+    assert result.complete and result.n_resumed == 5
+    assert [job_key(r) for r in result.folds] == fold_jobs(config)
+    assert read_journal(journal).complete
+    # Everything done: nothing runs; the journal is rewritten with the done results.
+    calls.clear()
+    again = run_benchmark(config, done=read_journal(journal).folds, journal=journal)
+    assert calls == [] and again.n_resumed == 12 and len(journal.read_text().splitlines()) == 12
+
+
+def test_run_benchmark_checks_done(monkeypatch):
+    config = BenchmarkConfig(n_folds=2, max_epochs=2)
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", fake_run_fold([]))
+    fold = fake_fold("synthetic", "d2ace", 0, 0, 0.7)
+    with pytest.raises(ValueError, match="twice"):
+        run_benchmark(config, done=[fold, fold])
+    with pytest.raises(ValueError, match="not in the configuration"):
+        run_benchmark(config, done=[fake_fold("synthetic", "d2ace", 0, 5, 0.7)])
+    with pytest.raises(ValueError, match="return_proba"):
+        run_benchmark(config, done=[fold], return_proba=True)
+
+
+class CtrlC(Callback):
+    """Press Ctrl-C (a real SIGINT) at the end of epoch 1."""
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == 1:
+            signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signals are handled in the main thread",
+)
+def test_run_fold_does_not_return_a_fit_cut_short_by_ctrl_c():
+    """The estimator's fit swallows Ctrl-C (it stops early with a usable model): a fold job
+    must not count that model as its result."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        rng = np.random.default_rng(0)
+        X, Y = rng.random((60, 5)), (rng.random((60, 3)) < 0.4).astype(np.int8)
+        Y[:3] = 1
+        config = BenchmarkConfig(
+            max_epochs=3, batch_size=16, estimator_params={"callbacks": [CtrlC()]}
+        )
+        kwargs = {"dataset": "toy", "strategy": "d2ace", "seed": 0, "fold": 0, "config": config}
+        with pytest.raises(KeyboardInterrupt):
+            run_fold(X, Y, np.arange(45), np.arange(45, 60), **kwargs)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        # Without Ctrl-C, the same fit is a result (of all 3 epochs).
+        kwargs["config"] = dataclasses.replace(config, estimator_params={})
+        assert run_fold(X, Y, np.arange(45), np.arange(45, 60), **kwargs)["n_epochs"] == 3
+    finally:
+        signal.signal(signal.SIGINT, previous)

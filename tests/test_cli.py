@@ -9,7 +9,8 @@ import sys
 import pytest
 
 import skd2ace.benchmark
-from skd2ace.benchmark import REPORTED_METRICS
+import skd2ace.benchmark._protocol
+from skd2ace.benchmark import FOLDS_FILE, REPORTED_METRICS
 from skd2ace.cli import BENCHMARK_DEFAULTS, RUN_DEFAULTS, build_parser, main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,6 +144,7 @@ def test_parser_defaults_and_options():
     assert args.datasets == ["emotions", "yeast"] and args.seeds == [0, 1]
     assert args.n_jobs == 2 and args.hidden == [64, 32] and not args.preprocess
     assert args.param == [("selection_pressure", 4)]
+    assert not bench.resume and parser.parse_args(["benchmark", "--resume"]).resume
 
 
 @pytest.mark.parametrize(
@@ -231,3 +233,143 @@ def test_benchmark_emotions(mulan_home, tmp_path, capsys):
     for fold in payload["folds"]:
         assert fold["n_train"] + fold["n_test"] == 593
         assert 0.0 <= fold["metrics"]["macro_auc"] <= 1.0
+
+
+# --------------------------------------------------------------------------- Ctrl-C, --resume
+
+# Small enough for a few seconds: 2 strategies x 2 folds = 4 fold jobs of 2 epochs.
+SMALL = ["benchmark", "--folds", "2", "--epochs", "2"]
+
+
+def read_folds(out):
+    return json.loads((out / "results.json").read_text(encoding="utf-8"))["folds"]
+
+
+def without_timing(fold):
+    """A fold of results.json without what differs between two runs: the times."""
+    out = {k: v for k, v in fold.items() if k not in ("fit_time_s", "predict_time_s")}
+    out["history"] = {k: v for k, v in fold["history"].items() if k != "dur"}
+    return out
+
+
+def journal_lines(out):
+    return (out / FOLDS_FILE).read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The output folder of the small benchmark run in one go."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main([*SMALL, "--no-plots", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def count_fold_jobs(monkeypatch):
+    """Count the calls to run_fold; ``calls["fail_at"] = n`` makes the n-th one raise
+    KeyboardInterrupt (Ctrl-C during that job)."""
+    real = skd2ace.benchmark._protocol.run_fold
+    calls = {"n": 0, "fail_at": None}
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", counted)
+    return calls
+
+
+def test_every_finished_job_is_in_the_journal(uninterrupted):
+    lines = [json.loads(line) for line in journal_lines(uninterrupted)]
+    assert len(lines) == 4 and len({line["fingerprint"] for line in lines}) == 1
+    assert lines[0]["settings"]["max_epochs"] == 2 and "n_jobs" not in lines[0]["settings"]
+    jobs = {(r["strategy"], r["fold"]) for r in (line["result"] for line in lines)}
+    assert jobs == {("d2ace", 0), ("d2ace", 1), ("random", 0), ("random", 1)}
+    # In completion order; the same as results.json's folds (report order) once sorted.
+    journaled = sorted(
+        (line["result"] for line in lines), key=lambda r: (r["strategy"] != "d2ace", r["fold"])
+    )
+    assert journaled == read_folds(uninterrupted)
+
+
+def test_ctrl_c_then_resume_equals_uninterrupted(uninterrupted, count_fold_jobs, tmp_path, capsys):
+    out = tmp_path / "out"
+    count_fold_jobs["fail_at"] = 2  # Ctrl-C during the second job: one job done
+    assert main([*SMALL, "--out", str(out)]) == 130
+    printed = capsys.readouterr()
+    assert "Interrupted: 1 of 4 fold jobs done" in printed.err
+    assert f"--out {out} --resume" in printed.err
+    assert "Traceback" not in printed.out + printed.err
+    assert len(journal_lines(out)) == 1
+    # Partial reports of the finished job, plots included, marked as partial.
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (payload["complete"], payload["n_fold_jobs"], len(payload["folds"])) == (False, 4, 1)
+    assert "**Partial results: 1 of 4 fold jobs finished**" in (out / "results.md").read_text(
+        encoding="utf-8"
+    )
+    assert (out / "valid_auc_synthetic.png").read_bytes()[:8] == PNG_SIGNATURE
+
+    # Output options may change (--no-plots); only the 3 missing jobs run.
+    count_fold_jobs.update(n=0, fail_at=None)
+    assert main([*SMALL, "--no-plots", "--out", str(out), "--resume"]) == 0
+    assert count_fold_jobs["n"] == 3
+    assert "Resuming: 1 of 4 fold jobs done" in capsys.readouterr().out
+    assert len(journal_lines(out)) == 4
+    payload = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert payload["complete"] and payload["n_resumed"] == 1
+    # The per-job seeds make the resumed run equal the uninterrupted one.
+    resumed, whole = read_folds(out), read_folds(uninterrupted)
+    assert [without_timing(r) for r in resumed] == [without_timing(r) for r in whole]
+    assert [r["metrics"] for r in resumed] == [r["metrics"] for r in whole]  # exactly
+
+
+def test_resume_refuses_other_results_settings(uninterrupted, count_fold_jobs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    journal = "\n".join(journal_lines(uninterrupted)[:1]) + "\n"
+    (out / FOLDS_FILE).write_text(journal, encoding="utf-8")
+    code = main(["benchmark", "--folds", "2", "--epochs", "3", "--out", str(out), "--resume"])
+    assert code == 2 and count_fold_jobs["n"] == 0
+    err = capsys.readouterr().err
+    assert "max_epochs: 2 in the journal, 3 now" in err and "folds.jsonl" in err
+    assert (out / FOLDS_FILE).read_text(encoding="utf-8") == journal  # untouched
+
+
+def test_without_resume_unfinished_refused_finished_replaced(
+    uninterrupted, count_fold_jobs, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    unfinished = "\n".join(journal_lines(uninterrupted)[:1]) + "\n"
+    (out / FOLDS_FILE).write_text(unfinished, encoding="utf-8")
+    # Rerunning the interrupted command must not throw its finished job away.
+    assert main([*SMALL, "--no-plots", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "1 of 4 fold jobs of an unfinished run" in err and "--resume" in err
+    assert (out / FOLDS_FILE).read_text(encoding="utf-8") == unfinished
+    assert count_fold_jobs["n"] == 0
+
+    # A finished run's journal is replaced, like its reports (here by another run's).
+    (out / FOLDS_FILE).write_bytes((uninterrupted / FOLDS_FILE).read_bytes())
+    other = ["benchmark", "--folds", "2", "--epochs", "1", "--strategies", "random"]
+    assert main([*other, "--no-plots", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in journal_lines(out)]
+    assert len(lines) == 2 == count_fold_jobs["n"]
+    assert {line["settings"]["max_epochs"] for line in lines} == {1}
+
+
+def test_resume_without_journal_or_jobs_left(uninterrupted, count_fold_jobs, tmp_path):
+    # A finished run: nothing runs, the reports are written again, the same.
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / FOLDS_FILE).write_bytes((uninterrupted / FOLDS_FILE).read_bytes())
+    assert main([*SMALL, "--no-plots", "--out", str(out), "--resume"]) == 0
+    assert count_fold_jobs["n"] == 0
+    assert read_folds(out) == read_folds(uninterrupted)  # the recorded times too
+    # Nothing to resume: every job runs (a script may always pass --resume).
+    out = tmp_path / "new"
+    small = ["benchmark", "--folds", "2", "--epochs", "1", "--strategies", "random"]
+    assert main([*small, "--no-plots", "--out", str(out), "--resume"]) == 0
+    assert count_fold_jobs["n"] == 2 and len(journal_lines(out)) == 2

@@ -53,6 +53,7 @@ def _with(array, index, value):
         # Finite in float64, infinite in the network's float32.
         (lambda X, Y: (_with(X, (2, 0), 1e39), Y), "too large for float32"),
         (lambda X, Y: (X, Y[:, :0]), "y has no label columns"),
+        (lambda X, Y: (X, [[] for _ in Y]), "y has no label columns"),
     ],
     ids=[
         "X-nan",
@@ -70,6 +71,7 @@ def _with(array, index, value):
         "no-rows",
         "X-beyond-float32",
         "Y-no-labels",
+        "Y-list-of-empty-rows",
     ],
 )
 @pytest.mark.parametrize("method", ["fit", "partial_fit", "initialize"])

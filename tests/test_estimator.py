@@ -211,7 +211,29 @@ def test_two_label_matrix_with_probability_scorers(scoring):
     scores = cross_val_score(clf, X, Y, scoring=scoring, cv=2)
     assert np.all(np.isfinite(scores)) and np.all((scores > 0) & (scores <= 1))
     fitted = clone(clf).fit(X, Y)
-    assert isinstance(fitted.classes_, list) and len(fitted.classes_) == 2
+    assert fitted.classes_.shape == (2, 2) and len(fitted.classes_) == 2
+
+
+@pytest.mark.parametrize("q", [1, 3])
+def test_cross_val_predict_and_stacking_with_probabilities(q):
+    from sklearn.ensemble import StackingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+    from sklearn.multioutput import MultiOutputClassifier
+
+    X, Y = small_problem(n=90, q=q)
+    clf = D2ACEMultiLabelClassifier(**FAST, random_state=0)
+    cv = KFold(3)
+    proba = cross_val_predict(clf, X, Y, cv=cv, method="predict_proba")
+    expected = np.zeros(Y.shape)
+    for train, test in cv.split(X):
+        expected[test] = clone(clf).fit(X[train], Y[train]).predict_proba(X[test])
+    np.testing.assert_array_equal(proba, expected)
+    if q > 1:
+        stack = StackingClassifier(
+            [("d2ace", clf)], final_estimator=MultiOutputClassifier(LogisticRegression()), cv=2
+        ).fit(X, Y)
+        assert stack.predict(X).shape == Y.shape
 
 
 def test_tags_declare_a_multi_label_classifier():
@@ -299,3 +321,22 @@ def test_yeast_reaches_sensible_macro_auc(mulan_home):
     # Published yeast macro-AUCs of MLP-based learners lie around 0.70 (Zhang & Zhou);
     # an untrained net gives ~0.5.
     assert auc > 0.66, auc
+
+
+def test_fits_in_parallel_threads_are_reproducible():
+    # torch's random generator is process-wide: fits in threads take turns with it, so
+    # each gets the initialisation and dropout masks of its own seed.
+    from joblib import Parallel, delayed
+
+    X, Y = make_multilabel_classification(n_samples=300, n_classes=4, random_state=0)
+
+    def fit(seed):
+        clf = D2ACEMultiLabelClassifier(
+            max_epochs=6, hidden_layer_sizes=(64,), dropout=0.3, random_state=seed
+        )
+        return clf.fit(X, Y).predict_proba(X)
+
+    alone = [fit(seed) for seed in (0, 1, 2, 3)]
+    together = Parallel(n_jobs=4, backend="threading")(delayed(fit)(s) for s in (0, 1, 2, 3))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)

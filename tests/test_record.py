@@ -648,3 +648,76 @@ def test_sampler_warmup_label_weights(dynamic):
         np.testing.assert_allclose(info["label_weights_hardness"], selection.label_weights(H))
     else:
         assert info["label_weights_uncertainty"] == info["label_weights_hardness"] == [1.0] * 3
+
+
+def _continue_in_child(record, out):
+    for i in range(8):  # full queues: dispatched to the child's own worker
+        record.update([i, i + 8], np.full((2, 2), 0.6), np.full((2, 2), 0.4))
+    record.flush()
+    out.put(int(record.seen.sum()))
+
+
+def test_record_in_a_forked_child_gets_its_own_worker():
+    # A forked child inherits the executor but not its thread: work submitted there
+    # would wait forever. The fork hooks also leave the background lock usable.
+    import multiprocessing
+
+    record = TrainingRecord(20, 2, flush_every=4, background=True)
+    for i in range(4):
+        record.update([i, i + 1], np.full((2, 2), 0.2), np.full((2, 2), 0.3))
+    record.flush()
+    assert record._executor is not None  # the parent's worker thread exists
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_continue_in_child, args=(record, out))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail("the forked child hung applying its record")
+    assert child.exitcode == 0 and out.get(timeout=5) == 8 + 16
+    _continue_in_child(record, out)  # the parent goes on with its own worker
+    assert out.get(timeout=5) == 8 + 16
+
+
+def test_record_interrupted_wait_keeps_the_queue_order(monkeypatch):
+    # Ctrl-C while training waits for the worker must not drop the queue it waits
+    # for: the next call waits again instead of applying newer batches first.
+    import threading
+
+    batches = [([i, i + 1], np.full((2, 2), 0.2 * (i + 1))) for i in range(3)]
+    reference = TrainingRecord(4, 2)
+    for idx, proba in batches:
+        reference.update(idx, proba, 1 - proba)
+    reference.flush()
+
+    record = TrainingRecord(4, 2, flush_every=8, background=True)
+    release = threading.Event()
+    apply = record._apply_queue
+
+    def slow_apply(queue):
+        release.wait(10)
+        apply(queue)
+
+    monkeypatch.setattr(record, "_apply_queue", slow_apply)
+    for idx, proba in batches[:2]:  # 2 batches × 2 rows × 2 labels: one full queue
+        record.update(idx, proba, 1 - proba)
+    worker = record._pending[0]
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(worker, "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        record._wait()
+    assert record._pending == [worker]  # still to be waited for
+    monkeypatch.undo()
+    idx, proba = batches[2]  # instance 2 again: its predictions must stay in order
+    record.update(idx, proba, 1 - proba)
+    threading.Timer(0.2, release.set).start()
+    record.flush()  # waits for the worker's queue, then applies the newer batch
+    worker.result()
+    np.testing.assert_array_equal(record.seen, reference.seen)
+    np.testing.assert_array_equal(record.last, reference.last)
+    np.testing.assert_array_equal(record.uncertainty, reference.uncertainty)

@@ -84,6 +84,29 @@ def test_keyboard_interrupt_leaves_a_usable_estimator(data):
     assert clf.predict(X).shape == Y.shape
 
 
+class FailAt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.at:
+            raise RuntimeError("callback failed")
+
+
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_an_error_during_fit_frees_the_selection_state_like_a_finished_fit(data, warm_start):
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(
+        **FAST, callbacks=[FailAt(2)], warm_start=warm_start, random_state=0
+    )
+    with pytest.raises(RuntimeError, match="callback failed"):
+        clf.fit(X, Y)
+    sampler = clf.net_.batch_sampler
+    assert (sampler.record_ is None) is not warm_start
+    clf.set_params(callbacks=None, warm_start=True).partial_fit(X, Y)  # goes on either way
+    assert len(clf.net_.history) == 3
+
+
 # ---------------------------------------------------------------- warm_start
 def test_warm_start_continues_network_schedules_and_state(data):
     X, Y = data
@@ -200,11 +223,20 @@ def test_pickle_and_joblib_round_trip(fitted, data, route, tmp_path):
     assert len(restored.net_.history) == T
 
 
-def test_pickles_made_before_the_callbacks_moved_to_the_net_module_load(fitted, data):
+def test_pickles_made_before_the_callbacks_moved_to_the_net_module_load(data):
     # The net's validation split and callbacks lived in skd2ace._classifier until they
-    # moved to skd2ace._net; pickles made before refer to them by the old names.
-    X, _ = data
-    stream = pickle.dumps(fitted, protocol=2)  # globals as "c<module>\n<name>\n"
+    # moved to skd2ace._net, and the split held the validation rows themselves:
+    # pickles made before refer to the old names and hold the rows.
+    from skd2ace._data import IndexedDataset
+    from skd2ace._net import PredefinedSplit
+
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(**FAST, warm_start=True, random_state=0).fit(X, Y)
+    expected = pickle.loads(pickle.dumps(clf)).partial_fit(X, Y).predict_proba(X)
+    valid = clf._valid_idx
+    clf.net_.train_split = PredefinedSplit(IndexedDataset(X[valid], Y[valid]))
+    del clf._valid_idx
+    stream = pickle.dumps(clf, protocol=2)  # globals as "c<module>\n<name>\n"
     for new, old in (
         (b"PredefinedSplit", b"_PredefinedSplit"),
         (b"valid_macro_auc", b"valid_macro_auc"),
@@ -214,7 +246,23 @@ def test_pickles_made_before_the_callbacks_moved_to_the_net_module_load(fitted, 
         assert moved in stream
         stream = stream.replace(moved, b"cskd2ace._classifier\n" + old + b"\n")
     restored = pickle.loads(stream)
-    np.testing.assert_array_equal(restored.predict_proba(X), fitted.predict_proba(X))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    np.testing.assert_array_equal(restored.partial_fit(X, Y).predict_proba(X), expected)
+
+
+def test_fitted_estimators_keep_no_validation_rows(data):
+    from skd2ace._net import ValidationRows
+
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(**FAST, validation_fraction=0.25, random_state=0).fit(X, Y)
+    split = clf.net_.train_split
+    assert isinstance(split, ValidationRows) and vars(split).keys() == {"idx"}
+    assert len(split.idx) == int(np.ceil(0.25 * len(X)))
+    with pytest.raises(RuntimeError, match="partial_fit"):
+        clf.net_.partial_fit(X, Y)  # the net alone has no validation rows
+    # The estimator supplies them again: validation scores go on.
+    clf.partial_fit(X, Y)
+    assert np.isfinite(clf.net_.history[-1, "valid_macro_auc"])
 
 
 def test_pickled_warm_estimator_continues_identically(data):

@@ -7,7 +7,10 @@ sparse ones), threshold 0.5. The strategies of a (seed, fold) share the folds an
 estimator's ``random_state``, so their results are paired. :func:`write_reports` writes
 ``results.md``, ``results.csv``, ``results.json``, ``comparison.md`` (wins/ties/losses
 and Wilcoxon signed-rank tests against random selection) and per-epoch plots.
-The command line ``skd2ace benchmark`` drives the same functions.
+With a ``journal`` file, :func:`run_benchmark` appends every finished fold job to it at
+once; :func:`read_journal` reads them back and ``run_benchmark(config, done=...)`` runs
+only the missing jobs (resuming an interrupted run gives the same results).
+The command line ``skd2ace benchmark`` drives the same functions (``--resume``).
 
 Examples
 --------
@@ -17,6 +20,16 @@ Examples
 >>> write_reports(result, "skd2ace-out")  # doctest: +SKIP
 """
 
+from ._journal import (
+    FOLDS_FILE,
+    NON_RESULT_FIELDS,
+    ConfigMismatchError,
+    FoldJournal,
+    append_fold,
+    config_fingerprint,
+    read_journal,
+    result_settings,
+)
 from ._plots import make_plots, plot_label_weights, plot_schedule, plot_valid_auc
 from ._protocol import (
     DATASET_NAMES,
@@ -24,8 +37,10 @@ from ._protocol import (
     STRATEGIES,
     SYNTHETIC_PARAMS,
     BenchmarkConfig,
+    BenchmarkInterrupted,
     BenchmarkResult,
     InsufficientDataError,
+    fold_jobs,
     fold_random_state,
     fold_splits,
     load_dataset,
@@ -52,18 +67,26 @@ from ._report import (
 __all__ = [
     "CONSOLE_METRICS",
     "DATASET_NAMES",
+    "FOLDS_FILE",
     "HISTORY_KEYS",
+    "NON_RESULT_FIELDS",
     "REPORTED_METRICS",
     "STRATEGIES",
     "SYNTHETIC_PARAMS",
     "BenchmarkConfig",
+    "BenchmarkInterrupted",
     "BenchmarkResult",
+    "ConfigMismatchError",
+    "FoldJournal",
     "InsufficientDataError",
+    "append_fold",
     "baseline_strategy",
     "compare_strategies",
     "comparison_markdown",
+    "config_fingerprint",
     "console_table",
     "environment",
+    "fold_jobs",
     "fold_random_state",
     "fold_splits",
     "load_dataset",
@@ -73,6 +96,8 @@ __all__ = [
     "plot_label_weights",
     "plot_schedule",
     "plot_valid_auc",
+    "read_journal",
+    "result_settings",
     "results_markdown",
     "run_benchmark",
     "run_fold",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,7 +28,9 @@ __all__ = [
     "STRATEGIES",
     "SYNTHETIC_PARAMS",
     "BenchmarkConfig",
+    "BenchmarkInterrupted",
     "BenchmarkResult",
+    "fold_jobs",
     "fold_random_state",
     "fold_splits",
     "load_dataset",
@@ -66,6 +69,11 @@ HISTORY_KEYS: tuple[str, ...] = (
     "label_weights_uncertainty",
     "label_weights_hardness",
 )
+
+# Fold-result entries kept in memory only: results.json and the fold journal leave them out
+# (one probability per test row and label: far larger than everything else, and the rows
+# are recomputed by fold_splits).
+_ARRAY_KEYS: tuple[str, ...] = ("proba", "test_index")
 
 
 @dataclass
@@ -187,16 +195,32 @@ class BenchmarkResult:
     datasets : dict of str to dict
         Per data set: its shape before and after preprocessing, sparsity, label names.
     folds : list of dict
-        One per (dataset, strategy, seed, fold) job, see :func:`run_fold`; sorted by
-        dataset, strategy, seed and fold in the configuration's order.
+        One per finished (dataset, strategy, seed, fold) job, see :func:`run_fold`; sorted
+        by dataset, strategy, seed and fold in the configuration's order (as
+        :func:`fold_jobs`). All of them unless the run was interrupted
+        (:class:`BenchmarkInterrupted`).
     wall_time_s : float
-        Wall-clock seconds of the whole run (data loading included).
+        Wall-clock seconds of the :func:`run_benchmark` call (data loading included); for
+        a resumed run, of the resumed part only.
+    n_resumed : int, default=0
+        How many of ``folds`` were finished before the call (its ``done`` argument).
     """
 
     config: BenchmarkConfig
     datasets: dict[str, dict[str, Any]]
     folds: list[dict[str, Any]]
     wall_time_s: float
+    n_resumed: int = 0
+
+    @property
+    def n_fold_jobs(self) -> int:
+        """Number of fold jobs of the configuration (``len(fold_jobs(config))``)."""
+        return len(fold_jobs(self.config))
+
+    @property
+    def complete(self) -> bool:
+        """Whether every fold job of the configuration is in ``folds``."""
+        return len(self.folds) == self.n_fold_jobs
 
 
 # --------------------------------------------------------------------------- data
@@ -328,6 +352,40 @@ def fold_random_state(seed: int, fold: int) -> int:
     return int(state[0] >> 1)
 
 
+def fold_jobs(config: BenchmarkConfig) -> list[tuple[str, str, int, int]]:
+    """Every ``(dataset, strategy, seed, fold)`` job of ``config``, in report order.
+
+    The order of :attr:`BenchmarkResult.folds`: data sets, then strategies, then seeds in
+    the configuration's order, then folds.
+
+    Examples
+    --------
+    >>> jobs = fold_jobs(BenchmarkConfig(n_folds=2, seeds=[0, 1]))
+    >>> len(jobs), jobs[:3]
+    (8, [('synthetic', 'd2ace', 0, 0), ('synthetic', 'd2ace', 0, 1), ('synthetic', 'd2ace', 1, 0)])
+    """
+    return _job_keys(config.datasets, config.strategies, config.seeds, config.n_folds)
+
+
+def _job_keys(
+    datasets: Sequence[str], strategies: Sequence[str], seeds: Sequence[int], n_folds: int
+) -> list[tuple[str, str, int, int]]:
+    # From the four fields rather than a BenchmarkConfig: a journal's recorded settings
+    # (a plain dict) have them too.
+    return [
+        (dataset, strategy, int(seed), fold)
+        for dataset in datasets
+        for strategy in strategies
+        for seed in seeds
+        for fold in range(int(n_folds))
+    ]
+
+
+def _job_key(result: dict[str, Any]) -> tuple[str, str, int, int]:
+    """The ``(dataset, strategy, seed, fold)`` of a fold result."""
+    return (result["dataset"], result["strategy"], int(result["seed"]), int(result["fold"]))
+
+
 def make_model(
     strategy: str, random_state: int, config: BenchmarkConfig, *, sparse: bool = False
 ) -> Pipeline:
@@ -399,6 +457,37 @@ def _torch_threads(n_threads: int | None):
         torch.set_num_threads(previous)
 
 
+@contextmanager
+def _ctrl_c_noted():
+    """Note every Ctrl-C (SIGINT) during the block, then let it act as before.
+
+    The estimator's fit catches ``KeyboardInterrupt`` (skorch stops training after the
+    current batch and returns a usable model, and its early stopping raises it too), so
+    a Ctrl-C during a fold's fit would otherwise end that fold early, count the cut-short
+    model as a finished job, and go on with the next one. Only in the main thread
+    (where Python runs signal handlers) and over a Python-level handler (the default
+    one raises ``KeyboardInterrupt``); an ignored SIGINT stays ignored.
+    """
+    import signal
+    import threading
+
+    seen: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield seen
+        return
+
+    def note(signum, frame):
+        seen.append(signum)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _history(net) -> dict[str, list]:
     """Per-epoch values of :data:`HISTORY_KEYS` (None where an epoch lacks a key)."""
     rows = list(net.history)
@@ -417,6 +506,21 @@ def _plain(value):
         return [float(v) for v in value]
     if isinstance(value, (np.floating, np.integer, float, int)) and not isinstance(value, bool):
         return float(value)
+    return value
+
+
+def _json_safe(value):
+    """Replace non-finite floats by None and numpy values by Python ones (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
     return value
 
 
@@ -460,14 +564,23 @@ def run_fold(
         ``fit_time_s``, ``predict_time_s``, ``n_epochs``, ``best_epoch`` (1-based, best
         validation macro-AUC: the weights kept) and ``history`` (lists per epoch of
         :data:`HISTORY_KEYS`).
+
+    Raises
+    ------
+    KeyboardInterrupt
+        Ctrl-C during the fit: the estimator stops training early and keeps the model
+        (see :meth:`~skd2ace.D2ACEMultiLabelClassifier.fit`), which is not the fold's
+        result, so the interruption goes on to the caller instead.
     """
     random_state = fold_random_state(seed, fold)
     model = make_model(strategy, random_state, config, sparse=sp.issparse(X))
     _warm_up_torch()
-    with _torch_threads(1 if single_thread else config.torch_threads):
+    with _torch_threads(1 if single_thread else config.torch_threads), _ctrl_c_noted() as ctrl_c:
         start = time.perf_counter()
         model.fit(X[train], Y[train])
         fit_time = time.perf_counter() - start
+        if ctrl_c:  # the fit stopped early on Ctrl-C: not this job's result
+            raise KeyboardInterrupt
         start = time.perf_counter()
         proba = model.predict_proba(X[test])
         predict_time = time.perf_counter() - start
@@ -499,26 +612,57 @@ def run_fold(
 # --------------------------------------------------------------------------- the run
 
 
+class BenchmarkInterrupted(KeyboardInterrupt):
+    """:func:`run_benchmark` was interrupted (Ctrl-C) after some fold jobs finished.
+
+    A :class:`KeyboardInterrupt`, so code that does not know it still stops as on Ctrl-C.
+
+    Attributes
+    ----------
+    result : BenchmarkResult
+        The finished fold jobs (resumed ones included); ``result.complete`` is False.
+    """
+
+    def __init__(self, result: BenchmarkResult) -> None:
+        super().__init__(f"{len(result.folds)} of {result.n_fold_jobs} fold jobs finished")
+        self.result = result
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     *,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     return_proba: bool = False,
+    done: Iterable[dict[str, Any]] = (),
+    journal: str | os.PathLike | None = None,
 ) -> BenchmarkResult:
-    """Run every (dataset, strategy, seed, fold) job of ``config``.
+    """Run every (dataset, strategy, seed, fold) job of ``config`` not already ``done``.
 
     The data sets are loaded (and checked) first; the folds of a (dataset, seed) are
     computed once and shared by all strategies, and the strategies of a (seed, fold)
-    share the estimator's ``random_state``, so their results are paired.
+    share the estimator's ``random_state``, so their results are paired. Every job is
+    seeded by its (seed, fold) alone, so a job gives the same result whether it runs in
+    one call with all the others or in a later call that resumes an interrupted run.
 
     Parameters
     ----------
     config : BenchmarkConfig
     progress : callable, optional
         Called as ``progress(n_done, n_total, fold_result)`` whenever a job finishes
-        (in completion order).
+        (in completion order); ``n_done`` counts the ``done`` results too.
     return_proba : bool, default=False
-        Keep the test probabilities in every fold result (see :func:`run_fold`).
+        Keep the test probabilities in every fold result (see :func:`run_fold`); every
+        ``done`` result must then have them (a journal does not keep them).
+    done : iterable of dict, default=()
+        Fold results finished earlier with the same :func:`result_settings`, e.g.
+        ``read_journal(path).folds`` after :meth:`FoldJournal.check`: their jobs are
+        skipped and they are part of the returned result.
+    journal : str or path-like, optional
+        A JSON-lines file that keeps every finished job (see :func:`read_journal`): once
+        the data are loaded it is rewritten to hold the ``done`` results only (an
+        existing file is replaced), then every job that finishes is appended at once
+        (:func:`append_fold`), so an interruption, a crash or a killed machine loses at
+        most the jobs still running.
 
     Returns
     -------
@@ -528,17 +672,45 @@ def run_benchmark(
     ------
     InsufficientDataError
         A data set has fewer rows than folds, or no label, after preprocessing.
+    BenchmarkInterrupted
+        Ctrl-C (:class:`KeyboardInterrupt`) while the jobs ran; its ``result`` holds the
+        jobs finished so far (also in ``journal``).
+    ValueError
+        ``done`` holds a job twice or a job that is not one of ``config``.
 
     Examples
     --------
     >>> config = BenchmarkConfig(n_folds=2, max_epochs=2)
-    >>> result = run_benchmark(config)  # doctest: +SKIP
+    >>> result = run_benchmark(config, journal="out/folds.jsonl")  # doctest: +SKIP
     >>> len(result.folds)  # 2 strategies x 1 seed x 2 folds  # doctest: +SKIP
     4
+
+    After an interruption, run the missing jobs only:
+
+    >>> journal = read_journal("out/folds.jsonl")  # doctest: +SKIP
+    >>> journal.check(config)  # doctest: +SKIP
+    >>> result = run_benchmark(config, done=journal.folds, journal=journal.path)  # doctest: +SKIP
     """
     from joblib import Parallel, delayed, effective_n_jobs
 
+    from ._journal import _start_journal, append_fold  # (the journal module imports this one)
+
     start = time.perf_counter()
+    all_jobs = fold_jobs(config)
+    finished: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+    for r in done:
+        key = _job_key(r)
+        if key in finished:
+            raise ValueError(f"done holds the fold job {key} twice.")
+        finished[key] = r
+    unknown = sorted(set(finished) - set(all_jobs))
+    if unknown:
+        raise ValueError(f"done holds fold jobs that are not in the configuration: {unknown}.")
+    if return_proba and any("proba" not in r for r in finished.values()):
+        raise ValueError(
+            "return_proba=True needs the test probabilities of every done result; fold "
+            "results read from a journal do not keep them."
+        )
     data = {
         name: load_dataset(
             name,
@@ -559,6 +731,8 @@ def run_benchmark(
         for seed in config.seeds:
             for fold, (train, test) in enumerate(fold_splits(bunch.Y, config.n_folds, seed)):
                 for strategy in config.strategies:
+                    if (name, strategy, seed, fold) in finished:
+                        continue
                     jobs.append(
                         delayed(run_fold)(
                             bunch.X,
@@ -574,31 +748,37 @@ def run_benchmark(
                             return_proba=return_proba,
                         )
                     )
-    folds = []
-    try:  # results in completion order (joblib >= 1.4), else in submission order
-        runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
-    except ValueError:
-        runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator")
-    for result in runner(jobs):
-        folds.append(result)
-        if progress is not None:
-            progress(len(folds), len(jobs), result)
-    order = {
-        "dataset": {n: i for i, n in enumerate(config.datasets)},
-        "strategy": {s: i for i, s in enumerate(config.strategies)},
-        "seed": {s: i for i, s in enumerate(config.seeds)},
-    }
-    folds.sort(
-        key=lambda r: (
-            order["dataset"][r["dataset"]],
-            order["strategy"][r["strategy"]],
-            order["seed"][r["seed"]],
-            r["fold"],
+    folds = list(finished.values())
+    if journal is not None:
+        # Rewritten rather than appended to: the file then holds exactly this run's
+        # results, without a line cut short by a crash or the results of other settings.
+        _start_journal(journal, folds, config)
+    order = {key: i for i, key in enumerate(all_jobs)}
+
+    def result() -> BenchmarkResult:
+        return BenchmarkResult(
+            config=config,
+            datasets={name: bunch.info for name, bunch in data.items()},
+            folds=sorted(folds, key=lambda r: order[_job_key(r)]),
+            wall_time_s=time.perf_counter() - start,
+            n_resumed=len(finished),
         )
-    )
-    return BenchmarkResult(
-        config=config,
-        datasets={name: bunch.info for name, bunch in data.items()},
-        folds=folds,
-        wall_time_s=time.perf_counter() - start,
-    )
+
+    if jobs:
+        try:  # results in completion order (joblib >= 1.4), else in submission order
+            runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator_unordered")
+        except ValueError:
+            runner = Parallel(n_jobs=min(n_jobs, len(jobs)), return_as="generator")
+        try:
+            # closing: an interruption stops the jobs still running at once (joblib
+            # aborts its workers when the generator is closed).
+            with closing(runner(jobs)) as finishing:
+                for fold_result in finishing:
+                    folds.append(fold_result)
+                    if journal is not None:
+                        append_fold(journal, fold_result, config)
+                    if progress is not None:
+                        progress(len(folds), len(all_jobs), fold_result)
+        except KeyboardInterrupt as exc:
+            raise BenchmarkInterrupted(result()) from exc
+    return result()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import LOWER_IS_BETTER, METRIC_NAMES
-from ._protocol import BenchmarkResult
+from ._protocol import _ARRAY_KEYS, BenchmarkResult, _json_safe
 
 __all__ = [
     "CONSOLE_METRICS",
@@ -166,6 +166,13 @@ def results_markdown(result: BenchmarkResult, summary: dict | None = None) -> st
         f"↑ higher is better, ↓ lower is better.",
         "",
     ]
+    if not result.complete:
+        lines += [
+            f"**Partial results: {len(result.folds)} of {result.n_fold_jobs} fold jobs "
+            "finished** (the run was interrupted; `skd2ace benchmark --resume` with the same "
+            "options, or `run_benchmark(config, done=...)`, runs the others).",
+            "",
+        ]
     for dataset in cfg.datasets:
         lines += [f"## {dataset}", "", _dataset_line(result.datasets[dataset]), ""]
         lines.append("| metric | " + " | ".join(cfg.strategies) + " |")
@@ -180,7 +187,12 @@ def results_markdown(result: BenchmarkResult, summary: dict | None = None) -> st
                 cells.append(f"**{cell}**" if s in best else cell)
             lines.append(f"| {metric} {_arrow(metric)} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(f"Wall time: {result.wall_time_s:.1f} s.")
+    resumed = (
+        f" (this session; {result.n_resumed} of the fold jobs had finished before it)"
+        if result.n_resumed
+        else ""
+    )
+    lines.append(f"Wall time: {result.wall_time_s:.1f} s{resumed}.")
     return "\n".join(lines) + "\n"
 
 
@@ -435,21 +447,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _json_safe(value):
-    """Replace non-finite floats by None and numpy values by Python ones (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
 def write_json(
     result: BenchmarkResult,
     path: str | os.PathLike,
@@ -461,7 +458,9 @@ def write_json(
     """Write ``results.json``: configuration, environment, every fold, summaries.
 
     Keys: ``argv``, ``config`` (:meth:`BenchmarkConfig.to_dict`), ``environment``
-    (:func:`environment`), ``wall_time_s``, ``datasets`` (shapes, label names),
+    (:func:`environment`), ``wall_time_s``, ``n_fold_jobs`` (of the configuration),
+    ``complete`` (False for the partial reports of an interrupted run), ``n_resumed``
+    (jobs finished before a resumed run), ``datasets`` (shapes, label names),
     ``metrics`` (:data:`REPORTED_METRICS`), ``lower_is_better``, ``folds`` (every fold
     job: metrics, times, best epoch, per-epoch history), ``summary``
     (:func:`summarize`) and ``comparison`` (:func:`compare_strategies`). Undefined
@@ -473,12 +472,13 @@ def write_json(
         "config": result.config.to_dict(),
         "environment": environment(),
         "wall_time_s": result.wall_time_s,
+        "n_fold_jobs": result.n_fold_jobs,
+        "complete": result.complete,
+        "n_resumed": result.n_resumed,
         "datasets": result.datasets,
         "metrics": list(REPORTED_METRICS),
         "lower_is_better": sorted(m for m in REPORTED_METRICS if _lower_is_better(m)),
-        "folds": [
-            {k: v for k, v in r.items() if k not in ("proba", "test_index")} for r in result.folds
-        ],
+        "folds": [{k: v for k, v in r.items() if k not in _ARRAY_KEYS} for r in result.folds],
         "summary": summarize(result) if summary is None else summary,
         "comparison": compare_strategies(result) if comparison is None else comparison,
     }
