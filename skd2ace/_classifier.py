@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 import threading
 import warnings
 
@@ -35,8 +36,34 @@ _PredefinedSplit, _silent, valid_macro_auc = (
 __all__ = ["D2ACEMultiLabelClassifier"]
 
 _PROBA_EPS = np.finfo(np.float64).eps
-# Held while a fit seeds and draws from torch's process-wide random generators.
+# Held while a fit seeds and draws from torch's process-wide random generators;
+# _TORCH_RNG_HELD.depth: how often the current thread holds it.
 _TORCH_RNG_LOCK = threading.RLock()
+_TORCH_RNG_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def _torch_rng_turn():
+    """This thread's turn with torch's random generators (fits in threads take turns)."""
+    with _TORCH_RNG_LOCK:
+        _TORCH_RNG_HELD.depth = getattr(_TORCH_RNG_HELD, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            _TORCH_RNG_HELD.depth -= 1
+
+
+def _torch_rng_lock_after_fork() -> None:
+    """In a forked child: a lock held by another thread of the parent (one the child
+    does not have) would never be released, so the child gets a fresh one. Forked by
+    the thread that holds it (a DataLoader worker of this fit), the child keeps it."""
+    global _TORCH_RNG_LOCK
+    if not getattr(_TORCH_RNG_HELD, "depth", 0):
+        _TORCH_RNG_LOCK = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_torch_rng_lock_after_fork)
 
 
 class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator):
@@ -470,8 +497,12 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         ``reset=False`` (continued training) checks them against the first fit.
         """
         shape = getattr(y, "shape", None)  # (np.shape would convert array-likes)
-        if shape is None and isinstance(y, (list, tuple)) and len(y) and np.ndim(y[0]) > 0:
-            shape = (len(y), len(y[0]))  # rows given as lists
+        if (
+            isinstance(y, (list, tuple))
+            and len(y)
+            and all(np.ndim(r) == 1 and not len(r) for r in y)
+        ):
+            shape = (len(y), 0)  # rows given as empty lists
         if shape is not None and len(shape) == 2 and shape[1] == 0:
             raise ValueError(f"y has no label columns (shape {shape}); it needs at least one")
         X, Y = validate_data(
@@ -703,7 +734,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         another thread would draw from, and reseed, the same generator)."""
         device = torch.device(self.device)
         with (
-            _TORCH_RNG_LOCK,
+            _torch_rng_turn(),
             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         ):
             torch.manual_seed(seed)

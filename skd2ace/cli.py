@@ -476,4 +476,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Done in {elapsed:.1f} s. Outputs in {args.out.resolve()}:")
     for name in written:
         print(f"  {name}")
+    print(f"  {FOLDS_FILE} (every fold job, for --resume)")
     return 0

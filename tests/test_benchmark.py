@@ -599,3 +599,21 @@ def test_run_fold_does_not_return_a_fit_cut_short_by_ctrl_c():
         assert run_fold(X, Y, np.arange(45), np.arange(45, 60), **kwargs)["n_epochs"] == 3
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_fingerprints_of_object_parameters_are_stable():
+    # repr() of most objects holds a memory address: equal configurations would get a
+    # new fingerprint in every process, and a journal could never be resumed.
+    from skorch.callbacks import EpochTimer
+
+    from skd2ace.benchmark import config_fingerprint
+
+    class Tag(Callback):
+        def __init__(self, name="a"):
+            self.name = name
+
+    def config(callback):
+        return BenchmarkConfig(estimator_params={"callbacks": [callback, EpochTimer()]})
+
+    assert config_fingerprint(config(Tag())) == config_fingerprint(config(Tag()))
+    assert config_fingerprint(config(Tag())) != config_fingerprint(config(Tag("b")))

@@ -109,6 +109,8 @@ def test_bare_command_is_the_main_job(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("skd2ace run:")
     assert "Outputs in" in printed
+    assert "folds.jsonl (every fold job, for --resume)" in printed
+    assert (tmp_path / "skd2ace-out" / "folds.jsonl").is_file()
 
 
 def test_parser_defaults_and_options():

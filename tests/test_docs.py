@@ -5,6 +5,7 @@ README.md and docs/*.md are scripts a reader copies, run here in order, one name
 file (later blocks use what earlier ones defined, as in a notebook).
 """
 
+import doctest
 import re
 from pathlib import Path
 
@@ -56,10 +57,28 @@ def test_python_blocks_run(document, tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__docs__"}
     exec(CONTEXT.get(document, ""), namespace)
     for number, block in enumerate(python_blocks(ROOT / document), 1):
+        name = f"{document} (python block {number})"
         if block.lstrip().startswith(">>>"):
-            continue  # a doctest, run by --doctest-glob
-        code = compile(block, f"{document} (python block {number})", "exec")
-        exec(code, namespace)
+            if document.startswith("docs/"):
+                continue  # a doctest, run by --doctest-glob (docs/ is a test path)
+            run_doctest(block, namespace, name)
+        else:
+            exec(compile(block, name, "exec"), namespace)
+
+
+def run_doctest(block: str, namespace: dict, name: str) -> None:
+    test = doctest.DocTestParser().get_doctest(block, namespace, name, name, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test, clear_globs=False)
+    assert runner.failures == 0, f"{runner.failures} failing example(s) in {name}"
+
+
+def test_doctest_blocks_outside_docs_run(tmp_path):
+    # README.md is not a test path: its >>> blocks are run here, and must fail here.
+    namespace: dict = {}
+    run_doctest(">>> 1 + 1\n2\n", namespace, "ok")
+    with pytest.raises(AssertionError, match="1 failing example"):
+        run_doctest(">>> 1 + 1\n3\n", namespace, "wrong")
 
 
 def test_on_ci_reads_the_usual_values(monkeypatch):

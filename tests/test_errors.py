@@ -54,6 +54,7 @@ def _with(array, index, value):
         (lambda X, Y: (_with(X, (2, 0), 1e39), Y), "too large for float32"),
         (lambda X, Y: (X, Y[:, :0]), "y has no label columns"),
         (lambda X, Y: (X, [[] for _ in Y]), "y has no label columns"),
+        (lambda X, Y: (X, [[], *Y[1:].tolist()]), "inhomogeneous"),
     ],
     ids=[
         "X-nan",
@@ -72,6 +73,7 @@ def _with(array, index, value):
         "X-beyond-float32",
         "Y-no-labels",
         "Y-list-of-empty-rows",
+        "Y-ragged-first-row-empty",
     ],
 )
 @pytest.mark.parametrize("method", ["fit", "partial_fit", "initialize"])

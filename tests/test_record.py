@@ -721,3 +721,23 @@ def test_record_interrupted_wait_keeps_the_queue_order(monkeypatch):
     np.testing.assert_array_equal(record.seen, reference.seen)
     np.testing.assert_array_equal(record.last, reference.last)
     np.testing.assert_array_equal(record.uncertainty, reference.uncertainty)
+
+
+def test_fork_hooks_hold_the_background_lock_across_the_fork():
+    # A worker thread inside _forget (holding the lock) at the moment of a fork would
+    # leave it locked in the child: the hook takes it before the fork, and both sides
+    # release it after.
+    import os
+
+    from skd2ace import _background
+
+    _background._wait_for_all()  # the before-fork hook
+    assert _background._RUNNING_LOCK.locked()
+    _background._RUNNING_LOCK.release()
+    pid = os.fork()
+    if pid == 0:  # the child: the lock must be free
+        os._exit(0 if _background._RUNNING_LOCK.acquire(timeout=5) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _background._RUNNING_LOCK.acquire(timeout=5)  # and free in the parent
+    _background._RUNNING_LOCK.release()

@@ -319,3 +319,47 @@ def test_initialize_builds_without_training(data):
     # Same random_state: the same initial weights as the network fit starts from.
     other = D2ACEMultiLabelClassifier(**FAST, random_state=0).initialize(X, Y)
     assert same_weights(weights_of(clf), weights_of(other))
+
+
+def _fit_in_child(X, Y, out):
+    D2ACEMultiLabelClassifier(**FAST, random_state=0).fit(X, Y)
+    out.put("fitted")
+
+
+def test_a_child_forked_while_another_thread_fits_can_fit(data):
+    # Fits in threads take turns with torch's generator through a lock; a child forked
+    # while another thread holds it must not inherit it locked forever.
+    import multiprocessing
+    import threading
+
+    X, Y = data
+    inside, release = threading.Event(), threading.Event()
+    # One torch thread: a fork while another thread is inside torch's intra-op thread
+    # pool leaves the child's pool unusable (torch's own limit, not what is tested here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    class Hold(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            inside.set()
+            release.wait(30)
+
+    clf = D2ACEMultiLabelClassifier(**FAST, callbacks=[Hold()], random_state=0)
+    fitting = threading.Thread(target=clf.fit, args=(X, Y))
+    fitting.start()
+    try:
+        assert inside.wait(30)
+        context = multiprocessing.get_context("fork")
+        out = context.Queue()
+        child = context.Process(target=_fit_in_child, args=(X, Y, out))
+        child.start()
+        child.join(60)
+        if child.is_alive():
+            child.kill()
+            child.join()
+            pytest.fail("the forked child hung in fit")
+        assert child.exitcode == 0 and out.get(timeout=5) == "fitted"
+    finally:
+        release.set()
+        fitting.join()
+        torch.set_num_threads(threads)

@@ -84,7 +84,20 @@ def result_settings(config: BenchmarkConfig) -> dict[str, Any]:
         settings["min_positives"] = None
     # Through JSON and back: the values compare equal to those read from a journal
     # (tuples become lists; an estimator parameter JSON cannot hold becomes its repr).
-    return json.loads(json.dumps(_json_safe(settings), default=repr))
+    return json.loads(json.dumps(_json_safe(settings), default=_stable_json))
+
+
+def _stable_json(value) -> Any:
+    """A JSON stand-in for an estimator parameter JSON cannot hold, the same in every
+    process (``repr`` of most objects holds their memory address): a class or function
+    by its qualified name, an object with ``get_params`` (a callback, a scikit-learn
+    estimator) by its class and parameters, anything else by its class and ``repr``."""
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{value.__module__}.{value.__qualname__}"
+    kind = f"{type(value).__module__}.{type(value).__qualname__}"
+    if hasattr(value, "get_params"):
+        return {kind: _json_safe(value.get_params(deep=False))}
+    return {kind: repr(value)}
 
 
 def config_fingerprint(config: BenchmarkConfig) -> str:
@@ -295,7 +308,11 @@ def read_journal(path: str | os.PathLike) -> FoldJournal:
             if not isinstance(record["settings"], dict) or not record["fingerprint"]:
                 raise TypeError("no settings or fingerprint")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"{path}, line {number}: not a fold journal line ({exc}).") from None
+            raise ValueError(
+                f"{path}, line {number}: not a fold journal line ({exc}). Repair or delete "
+                "that line (the other lines keep their jobs), or delete the file or choose "
+                "another --out to start over."
+            ) from None
         records.append(record)
     fingerprints = sorted({r["fingerprint"] for r in records})
     if len(fingerprints) > 1:
