@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.utils import check_scalar
+from sklearn.utils import check_random_state, check_scalar
 
 from .modules import MLP
 from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS
@@ -61,6 +61,14 @@ def check_params(est) -> dict:
     for name in ("label_weight_mean", "label_weight_std"):
         check_real(getattr(est, name), name)
     check_scalar(est.n_neighbors, "n_neighbors", numbers.Integral, min_val=0)
+    for name in ("dynamic_label_weights", "warm_start"):
+        if not isinstance(getattr(est, name), (bool, np.bool_)):
+            raise TypeError(f"{name} must be True or False, got {getattr(est, name)!r}")
+    check_scalar(est.verbose, "verbose", numbers.Integral, min_val=0)
+    try:
+        check_random_state(est.random_state)  # None draws nothing here
+    except ValueError as exc:
+        raise ValueError(f"random_state: {exc}") from None
     # Finite: an infinite pressure turns the rank probabilities into NaN.
     check_real(est.selection_pressure, "selection_pressure", min_val=1)
     for name in ("mixture_start", "mixture_end"):

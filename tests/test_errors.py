@@ -253,6 +253,11 @@ BAD_PARAMS = [
     ({"fluctuation_weight": -0.1}, ValueError, "fluctuation_weight == -0.1, must be >= 0"),
     ({"weight_decay": np.inf}, ValueError, "weight_decay must be a finite"),
     ({"hidden_layer_sizes": (True,)}, ValueError, "hidden_layer_sizes must be a sequence"),
+    ({"dynamic_label_weights": "x"}, TypeError, "dynamic_label_weights must be True or False"),
+    ({"warm_start": 1}, TypeError, "warm_start must be True or False"),
+    ({"verbose": "x"}, TypeError, "verbose must be an instance of int"),
+    ({"verbose": -1}, ValueError, "verbose == -1, must be >= 0"),
+    ({"random_state": "x"}, ValueError, "random_state: 'x' cannot be used to seed"),
 ]
 
 
