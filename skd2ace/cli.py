@@ -422,7 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     journal = args.out / FOLDS_FILE
-    resume_command = shlex.join(["skd2ace", *given, *([] if args.resume else ["--resume"])])
+    command = ["skd2ace", *given]  # as typed: recorded in the reports, repeated to resume
+    resume_command = shlex.join([*command, *([] if args.resume else ["--resume"])])
     try:
         done = _finished_jobs(journal, config, resume=args.resume)
     except ValueError as exc:  # other settings, an unfinished run, not a fold journal
@@ -449,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skd2ace: error: {exc}", file=sys.stderr)
         return 1
     except BenchmarkInterrupted as exc:
-        return _interrupted(exc.result, args, ["skd2ace", *given], resume_command)
+        return _interrupted(exc.result, args, command, resume_command)
     except KeyboardInterrupt:  # while loading the data, before any job started
         print(f"\nInterrupted before the fold jobs started; {journal} unchanged.", file=sys.stderr)
         return 130
@@ -462,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         raise
     try:
-        written = write_reports(result, args.out, argv=["skd2ace", *given], plots=args.plots)
+        written = write_reports(result, args.out, argv=command, plots=args.plots)
     except KeyboardInterrupt:
         print(
             f"\nInterrupted while writing the reports; all {n_total} fold jobs are kept in "
