@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch.utils.data import Sampler
 
-from . import _background, selection
+from . import _background, _device_selection, selection
 from ._record import TrainingRecord
 
 __all__ = ["BATCH_SELECTIONS", "LABEL_CONTEXTS", "D2ACEBatchSampler"]
@@ -139,7 +140,18 @@ class D2ACEBatchSampler(Sampler):
         self.record_ = None
         self.context_ = None
         self._pending_neighbors = None
-        if strategy == "d2ace":
+        self._device_labels = self._device_context = None
+        if strategy == "d2ace" and use_device_selection(device):
+            # EXPERIMENTAL: state and distribution on the network's (CUDA) device.
+            self.record_ = _device_selection.DeviceRecord(
+                self.n_samples,
+                self.n_labels,
+                history_size,
+                flip_decay,
+                fluctuation_weight,
+                device=device,
+            )
+        elif strategy == "d2ace":
             # Full queues of recorded batches are applied in a background thread when
             # training leaves a core free: the bookkeeping then overlaps training.
             self.record_ = TrainingRecord(
@@ -150,6 +162,7 @@ class D2ACEBatchSampler(Sampler):
                 fluctuation_weight,
                 background=_background.free_cores(device) > 0,
             )
+        if strategy == "d2ace":
             if label_context == "local":
                 if neighbors is None:
                     neighbors = np.empty((self.n_samples, 0), dtype=np.intp)
@@ -183,6 +196,8 @@ class D2ACEBatchSampler(Sampler):
             e, self.warmup_epochs, self.ramp_end, self.mixture_start, self.mixture_end
         )
         info = {"selection_pressure": pressure, "mixture_weight": mixture}
+        if getattr(self.record_, "on_device", False):
+            return self._plan_on_device(e, n_batches, info)
         if e < self.warmup_epochs:
             record = self.record_
             for name, metric in (
@@ -215,6 +230,43 @@ class D2ACEBatchSampler(Sampler):
         self.epoch_info_ = info
         return batches
 
+    def _plan_on_device(self, e: int, n_batches: int, info: dict) -> list[np.ndarray]:
+        """:meth:`plan_epoch` with a :class:`~skd2ace._device_selection.DeviceRecord`."""
+        E, H = self.record_.metrics()
+        if e < self.warmup_epochs:
+            for name, metric in (("uncertainty", E), ("hardness", H)):
+                info[f"label_weights_{name}"] = _device_selection.label_weights(
+                    metric, self.weight_mean, self.weight_std, self.dynamic_weights
+                ).tolist()
+            info["selection_ess"] = 1.0
+            self.epoch_info_ = info
+            return self._shuffled()
+        self._resolve_context()
+        correlation = self.label_context != "none"
+        if correlation and self._device_labels is None:
+            device = E.device
+            self._device_labels = _device_selection.as_device_matrix(self.labels, device)
+            self._device_context = _device_selection.as_device_matrix(self.context_, device)
+        P, extra = _device_selection.d2ace_distribution(
+            E,
+            H,
+            self._device_labels,
+            self._device_context,
+            pressure=info["selection_pressure"],
+            mixture=info["mixture_weight"],
+            a=self.weight_mean,
+            b=self.weight_std,
+            dynamic_weights=self.dynamic_weights,
+            correlation=correlation,
+        )
+        info.update(
+            label_weights_uncertainty=extra["label_weights_uncertainty"].tolist(),
+            label_weights_hardness=extra["label_weights_hardness"].tolist(),
+            selection_ess=extra["ess"],
+        )
+        self.epoch_info_ = info
+        return selection.draw_batches(P, n_batches, self.batch_size, self.rng)
+
     def record(self, idx, proba, loss, *, copy: bool = True) -> None:
         """Record a training batch: row indices, probabilities and elementwise loss.
 
@@ -223,6 +275,9 @@ class D2ACEBatchSampler(Sampler):
         (the caller must not modify them afterwards).
         """
         if self.record_ is None:
+            return
+        if getattr(self.record_, "on_device", False):
+            self.record_.update(idx, proba, loss)  # tensors stay where they are
             return
         self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss), copy=copy)
 
@@ -234,6 +289,7 @@ class D2ACEBatchSampler(Sampler):
         self.context_ = None
         self._pending_neighbors = None
         self.labels = None
+        self._device_labels = self._device_context = None
 
     def _resolve_context(self) -> None:
         """Wait for a neighbour search still running in the background, if any."""
@@ -260,6 +316,14 @@ class D2ACEBatchSampler(Sampler):
         order = self.rng.permutation(self.n_samples)
         step = self.batch_size
         return [order[start : start + step] for start in range(0, order.size, step)]
+
+
+def use_device_selection(device) -> bool:
+    """Whether D2ACE's bookkeeping runs on ``device`` (EXPERIMENTAL: CUDA devices,
+    unless ``SKD2ACE_DEVICE_SELECTION=0``; never on the CPU)."""
+    if device is None or os.environ.get("SKD2ACE_DEVICE_SELECTION", "1") == "0":
+        return False
+    return torch.device(device).type == "cuda"
 
 
 def _numpy(x) -> np.ndarray:

@@ -513,6 +513,7 @@ def test_free_cores_on_cpu_and_gpu(monkeypatch, device, torch_threads, free):
 
     monkeypatch.setattr(_background.os, "sched_getaffinity", lambda pid: set(range(6)))
     monkeypatch.setattr(_background.torch, "get_num_threads", lambda: torch_threads)
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")  # the numpy record on CUDA too
     assert _background.free_cores(device) == free
     Y = np.eye(3, dtype=int).repeat(4, axis=0)
     sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, device=device)

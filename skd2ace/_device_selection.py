@@ -1,0 +1,213 @@
+"""D2ACE's bookkeeping on the network's device: the record and the distribution in torch.
+
+EXPERIMENTAL (branch ``gpu-selection``, not measured on a GPU yet). On a GPU the numpy
+path copies every batch's probabilities and losses to the host (a device sync per batch)
+and applies them in one CPU thread, which at delicious size sets the pace of a GPU fit
+(session 6: d2ace/random 2.90 on an H100). Here the state lives in device memory, each
+batch is applied by a few elementwise kernels that queue behind the training step (no
+sync), and the epoch's distribution is computed there too; only ``P`` (N floats) comes
+back to the host, where :func:`skd2ace.selection.draw_batches` draws the batches.
+
+The formulas are those of :mod:`skd2ace.selection` and :class:`skd2ace._record.TrainingRecord`
+(same quantised changes, same operation order where it matters); results agree with the
+numpy path up to float rounding (a quantised rank may flip at a boundary).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .selection import NonFiniteScoresWarning, effective_sample_size
+
+_CHANGE_SCALE = 65535.0
+_P_CLIP = 1e-7
+
+
+class DeviceRecord:
+    """:class:`~skd2ace._record.TrainingRecord`'s state as torch tensors on ``device``.
+
+    Every recorded batch must hold distinct instances (the D2ACE sampler's batches
+    always do): it is applied at once by scatters. E and H are computed for all rows
+    when read. State per (instance, label): newest probability, flip EMA, latest loss
+    (float32 each) and ``W − 1`` quantised changes (int32: uint16 lacks device kernels).
+    """
+
+    on_device = True
+
+    def __init__(self, n_samples, n_labels, history_size=5, flip_decay=0.7, lam=0.5, *, device):
+        self.n_samples, self.n_labels = n_samples, n_labels
+        self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
+        self.slots = max(history_size - 1, 1)
+        self.device = torch.device(device)
+        shape = (n_samples, n_labels)
+        kw = {"device": self.device}
+        self.seen = torch.zeros(n_samples, dtype=torch.int32, **kw)
+        self.last = torch.full(shape, 0.5, dtype=torch.float32, **kw)
+        self.flip = torch.zeros(shape, dtype=torch.float32, **kw)
+        self.loss = torch.full(shape, math.log(2.0), dtype=torch.float32, **kw)
+        self.changes = torch.zeros((self.slots, *shape), dtype=torch.int32, **kw)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.seen, self.last, self.flip, self.loss, self.changes)
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    def update(self, idx, proba, loss, *, copy: bool = True) -> None:
+        """Apply one batch of distinct instances (``copy`` is ignored: nothing is kept)."""
+        dev = self.device
+        idx = torch.as_tensor(idx).to(dev, torch.long, non_blocking=True).reshape(-1)
+        proba = torch.as_tensor(proba).to(dev, torch.float32)
+        loss = torch.as_tensor(loss).to(dev, torch.float32)
+        expected = (idx.numel(), self.n_labels)
+        if tuple(proba.shape) != expected or tuple(loss.shape) != expected:
+            raise ValueError(
+                f"a batch of {expected[0]} rows needs probabilities and losses of shape "
+                f"{expected}, got {tuple(proba.shape)} and {tuple(loss.shape)}"
+            )
+        if idx.numel() == 0:
+            return
+        before = self.seen[idx]
+        stored = self.last[idx]
+        # A non-finite probability repeats the previous one, a NaN loss keeps the previous.
+        proba = torch.where(torch.isfinite(proba), proba, stored)
+        loss = torch.where(torch.isnan(loss), self.loss[idx], loss)
+        change = (proba - stored).abs_()
+        change *= (before > 0).unsqueeze(1)  # a first prediction has no predecessor
+        flip = self.flip[idx]
+        # f ← α·c + (1 − α)·f, in TrainingRecord's operation order.
+        flip -= change
+        flip *= 1.0 - self.flip_decay
+        flip += change
+        self.flip[idx] = flip
+        self.last[idx] = proba
+        self.loss[idx] = loss
+        quantised = (change * _CHANGE_SCALE + 0.5).to(torch.int32)
+        # An instance seen for the first time writes a zero change into a slot that is
+        # still zero (nothing was ever written to its ring): no mask, no device sync.
+        slot = torch.remainder(before.long() - 1, self.slots)
+        self.changes[slot, idx] = quantised
+        self.seen[idx] = before + 1
+
+    def flush(self) -> None:
+        """Nothing is queued (for :class:`~skd2ace._record.TrainingRecord`'s interface)."""
+
+    def close(self, *, apply: bool = True) -> None:
+        """Nothing runs in the background (the interface of the numpy record)."""
+
+    def metrics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``E`` and ``H`` (N, q) float32 on the device (fresh tensors)."""
+        pairs = (self.seen - 1).clamp(1, self.slots).to(torch.float32)
+        scale = (torch.tensor(1.0 / _CHANGE_SCALE, dtype=torch.float32) / pairs).unsqueeze(1)
+        window = self.changes.sum(0, dtype=torch.int32).to(torch.float32)
+        fluctuation = window * scale
+        p = self.last.clamp(_P_CLIP, 1.0 - _P_CLIP)
+        q = 1.0 - p
+        entropy = torch.log2(p) * p + torch.log2(q) * q
+        entropy *= -(1.0 - self.lam)
+        uncertainty = self.lam * fluctuation + entropy
+        hardness = torch.expm1(-self.loss) * (self.flip - 1.0)
+        return uncertainty, hardness
+
+    @property
+    def uncertainty(self) -> np.ndarray:
+        """``E`` as a host array (for inspection; planning reads :meth:`metrics`)."""
+        return self.metrics()[0].cpu().numpy()
+
+    @property
+    def hardness(self) -> np.ndarray:
+        """``H`` as a host array."""
+        return self.metrics()[1].cpu().numpy()
+
+
+def as_device_matrix(Y, device) -> torch.Tensor:
+    """A 0/1 (or context) matrix, dense float32 on ``device``."""
+    Y = Y.toarray() if sp.issparse(Y) else np.asarray(Y)
+    return torch.as_tensor((Y != 0).astype(np.float32)).to(device)
+
+
+def label_weights(M: torch.Tensor, a: float, b: float, dynamic: bool) -> torch.Tensor:
+    """``v = exp(a·mean + b·std)`` per label (population std, float64 sums)."""
+    if not dynamic:
+        return torch.ones(M.shape[1], dtype=torch.float64, device=M.device)
+    m = M.to(torch.float64)
+    n = max(M.shape[0], 1)
+    mean = m.sum(0) / n
+    var = ((m * m).sum(0) / n - mean**2).clamp(min=0.0)
+    return torch.exp(a * mean + b * var.sqrt())
+
+
+def rank_probabilities(scores: torch.Tensor, pressure: float) -> torch.Tensor:
+    """:func:`skd2ace.selection.rank_probabilities` on a float64 tensor."""
+    a = scores.to(torch.float64)
+    n = a.numel()
+    if n == 0:
+        return a
+    low, high = a.min(), a.max()
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        warnings.warn(
+            "instance scores are not finite (has the model diverged?); "
+            "using uniform sampling probabilities this epoch",
+            NonFiniteScoresWarning,
+            stacklevel=2,
+        )
+        return torch.full_like(a, 1.0 / n)
+    span = high - low
+    if not bool(torch.isfinite(span)):
+        a_hat = (a / 2 - low / 2) / (high / 2 - low / 2)
+    elif bool(span > 0):
+        a_hat = (a - low) / span
+    else:
+        a_hat = torch.zeros_like(a)
+    kappa = torch.ceil(n * (1.0 - a_hat) - 1e-9).clamp(1, n)
+    logits = -(kappa / n) * math.log(pressure)
+    p = torch.exp(logits - logits.max())
+    return p / p.sum()
+
+
+def d2ace_distribution(
+    E: torch.Tensor,
+    H: torch.Tensor,
+    labels: torch.Tensor | None,
+    context: torch.Tensor | None,
+    *,
+    pressure: float,
+    mixture: float,
+    a: float = 0.5,
+    b: float = 0.5,
+    dynamic_weights: bool = True,
+    correlation: bool = True,
+    eps: float = 1e-8,
+) -> tuple[np.ndarray, dict]:
+    """:func:`skd2ace.selection.d2ace_distribution` on device tensors (dense products:
+    on a GPU the masked Gram matrix and scores are cheap dense GEMMs). Returns ``P`` as
+    a host float64 array and the same info dict."""
+    pools, weights = [], []
+    for M, share in ((E, mixture), (H, 1.0 - mixture)):
+        v = label_weights(M, a, b, dynamic_weights)
+        weights.append(v.cpu().numpy())
+        if share == 0.0:
+            continue
+        v32 = v.to(torch.float32)
+        scores = M @ v32
+        if correlation:
+            masked = M * labels
+            gram = (masked.T @ masked).to(torch.float64)
+            norms = gram.diagonal().clamp(min=0.0).sqrt() + eps
+            corr = gram / norms[:, None] / norms[None, :]
+            corr = corr / (corr.sum(1, keepdim=True) + eps)
+            vC = (v[:, None] * corr).to(torch.float32)
+            scores = scores + ((masked @ vC) * context).sum(1)
+        pools.append(share * rank_probabilities(scores, pressure))
+    P = torch.stack(pools).sum(0)
+    P = (P / P.sum()).cpu().numpy()
+    info = {
+        "label_weights_uncertainty": weights[0],
+        "label_weights_hardness": weights[1],
+        "ess": effective_sample_size(P),
+    }
+    return P, info

@@ -1,0 +1,178 @@
+"""EXPERIMENTAL device-side bookkeeping (skd2ace._device_selection), checked on the CPU
+against the numpy record and functional core."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from skd2ace import D2ACEMultiLabelClassifier, sampler, selection
+from skd2ace._device_selection import DeviceRecord, d2ace_distribution, label_weights
+from skd2ace._record import TrainingRecord
+
+
+def _batches(rng, n, q, n_batches, size):
+    for _ in range(n_batches):
+        idx = rng.choice(n, size, replace=False)  # distinct rows, as the sampler draws
+        proba = rng.random((size, q), dtype=np.float32)
+        loss = rng.random((size, q), dtype=np.float32) * 3
+        yield idx, proba, loss
+
+
+@pytest.mark.parametrize("history_size", [2, 3, 5])
+def test_device_record_matches_the_numpy_record(history_size):
+    rng = np.random.default_rng(history_size)
+    n, q = 60, 7
+    host = TrainingRecord(n, q, history_size=history_size, flip_decay=0.6, lam=0.4)
+    device = DeviceRecord(n, q, history_size, 0.6, 0.4, device="cpu")
+    for k, (idx, proba, loss) in enumerate(_batches(rng, n, q, 40, 16)):
+        if k == 5:  # a transiently diverged batch: repeats / keeps the previous values
+            proba[0, :3] = [np.nan, np.inf, -np.inf]
+            loss[1, 2] = np.nan
+        host.update(idx, proba, loss)
+        device.update(torch.from_numpy(idx), torch.from_numpy(proba), torch.from_numpy(loss))
+    E, H = device.metrics()
+    np.testing.assert_allclose(E.numpy(), host.uncertainty, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(H.numpy(), host.hardness, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(device.seen.numpy(), host.seen)
+    assert device.nbytes == 4 * n + (12 + 4 * (history_size - 1)) * n * q
+
+
+def test_unseen_instances_are_uninformed():
+    device = DeviceRecord(4, 2, device="cpu")
+    device.update(torch.tensor([1]), torch.tensor([[0.9, 0.2]]), torch.tensor([[0.1, 0.2]]))
+    E, H = device.metrics()
+    np.testing.assert_allclose(E[[0, 2, 3]].numpy(), 0.5, atol=1e-7)  # (1 − λ)·H2(0.5)
+    np.testing.assert_allclose(H[[0, 2, 3]].numpy(), 0.5, atol=1e-7)  # (1 − ½)(1 − 0)
+
+
+@pytest.mark.parametrize("correlation", [True, False])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_device_distribution_matches_the_numpy_core(correlation, dynamic):
+    rng = np.random.default_rng(0)
+    n, q = 300, 9
+    E = rng.random((n, q), dtype=np.float32)
+    H = rng.random((n, q), dtype=np.float32)
+    Y = (rng.random((n, q)) < 0.3).astype(np.int8)
+    Z = selection.local_label_context(Y, rng.integers(0, n, (n, 4)))
+    kwargs = dict(pressure=5.0, mixture=0.6, dynamic_weights=dynamic, correlation=correlation)
+    want, info = selection.d2ace_distribution(E, H, Y, Z, **kwargs)
+    as_t = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
+    got, got_info = d2ace_distribution(as_t(E), as_t(H), as_t(Y), as_t(Z), **kwargs)
+    # Equal up to float rounding; a score on a rank boundary may move by one rank,
+    # which changes its probability by a factor s^(1/N) at most.
+    ratio = got / want
+    assert np.all(np.abs(np.log(ratio)) <= np.log(5.0) / n + 1e-9)
+    assert np.mean(np.isclose(got, want, rtol=1e-9)) > 0.97
+    np.testing.assert_allclose(got.sum(), 1.0)
+    for key in ("label_weights_uncertainty", "label_weights_hardness"):
+        np.testing.assert_allclose(got_info[key], info[key], rtol=1e-9)
+    np.testing.assert_allclose(
+        label_weights(as_t(E), 0.5, 0.5, dynamic).numpy(),
+        info["label_weights_uncertainty"],
+        rtol=1e-9,
+    )
+
+
+def test_non_finite_scores_give_uniform_sampling():
+    E = torch.rand(20, 3)
+    E[4, 1] = float("nan")
+    with pytest.warns(selection.NonFiniteScoresWarning):
+        P, _ = d2ace_distribution(
+            E, torch.rand(20, 3), torch.ones(20, 3), torch.ones(20, 3), pressure=4.0, mixture=1.0
+        )
+    np.testing.assert_allclose(P, 1 / 20)
+
+
+@pytest.fixture
+def on_cpu(monkeypatch):
+    # The device path is only chosen for CUDA devices; force it on the CPU.
+    monkeypatch.setattr(sampler, "use_device_selection", lambda device: device is not None)
+
+
+def test_sampler_plans_like_the_numpy_sampler(on_cpu, monkeypatch):
+    drawn = []  # the distribution each sampler draws its batches from
+    original = selection.draw_batches
+
+    def draw(p, *args):
+        drawn.append(p)
+        return original(p, *args)
+
+    monkeypatch.setattr(selection, "draw_batches", draw)
+    rng = np.random.default_rng(1)
+    Y = (rng.random((80, 5)) < 0.4).astype(int)
+    neighbors = rng.integers(0, 80, (80, 3))
+    kw = dict(batch_size=16, max_epochs=6, warmup_epochs=2, neighbors=neighbors, random_state=3)
+    dev = sampler.D2ACEBatchSampler(Y, device="cpu", **kw)
+    host = sampler.D2ACEBatchSampler(Y, **kw)
+    assert isinstance(dev.record_, DeviceRecord) and isinstance(host.record_, TrainingRecord)
+    for epoch in range(5):
+        drawn.clear()
+        batches = dev.plan_epoch()
+        host.plan_epoch()
+        rows = np.sort(np.concatenate(batches))
+        assert len(batches) == 5 and rows.size == 80
+        if epoch < 2:  # warm-up: a permutation
+            np.testing.assert_array_equal(rows, np.arange(80))
+        for key in ("selection_pressure", "mixture_weight"):
+            assert dev.epoch_info_[key] == host.epoch_info_[key]
+        for key in ("label_weights_uncertainty", "label_weights_hardness"):
+            np.testing.assert_allclose(dev.epoch_info_[key], host.epoch_info_[key], rtol=1e-6)
+        if epoch >= 2:  # selecting epochs: the same distribution up to rank flips
+            got, want = drawn
+            pressure = dev.epoch_info_["selection_pressure"]
+            assert np.all(np.abs(np.log(got / want)) <= np.log(pressure) / 80 + 1e-9)
+        # Both records get the same batches (the device sampler's).
+        for batch in batches:
+            proba = rng.random((len(batch), 5), dtype=np.float32)
+            loss = rng.random((len(batch), 5), dtype=np.float32)
+            dev.record(torch.from_numpy(batch), torch.from_numpy(proba), torch.from_numpy(loss))
+            host.record(batch, proba, loss)
+    np.testing.assert_allclose(dev.record_.uncertainty, host.record_.uncertainty, atol=2e-6)
+    again = pickle.loads(pickle.dumps(dev))
+    np.testing.assert_array_equal(again.record_.last.numpy(), dev.record_.last.numpy())
+
+
+def test_estimator_fits_with_device_selection(on_cpu):
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 6))
+    Y = (X[:, :3] + 0.3 * rng.random((120, 3)) > 0.7).astype(int)
+    clf = D2ACEMultiLabelClassifier(
+        max_epochs=5,
+        warmup_epochs=1,
+        hidden_layer_sizes=(8,),
+        batch_size=16,
+        warm_start=True,
+        random_state=0,
+    ).fit(X, Y)
+    record = clf.net_.batch_sampler.record_
+    assert isinstance(record, DeviceRecord)
+    assert int(record.seen.sum()) == 5 * len(clf._train_idx)
+    ess = clf.net_.history[:, "selection_ess"]
+    assert ess[0] == 1.0 and all(0 < v < 1 for v in ess[1:])
+    assert clf.predict_proba(X).shape == Y.shape
+
+
+def test_device_selection_is_chosen_for_cuda_only(monkeypatch):
+    from skd2ace.sampler import use_device_selection
+
+    assert not use_device_selection(None) and not use_device_selection("cpu")
+    assert use_device_selection("cuda") and use_device_selection(torch.device("cuda:1"))
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")
+    assert not use_device_selection("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_record_on_cuda_matches_the_numpy_record():
+    rng = np.random.default_rng(7)
+    n, q = 500, 20
+    host = TrainingRecord(n, q)
+    device = DeviceRecord(n, q, device="cuda")
+    for idx, proba, loss in _batches(rng, n, q, 60, 64):
+        host.update(idx, proba, loss)
+        proba_t, loss_t = torch.from_numpy(proba).cuda(), torch.from_numpy(loss).cuda()
+        device.update(torch.from_numpy(idx), proba_t, loss_t)
+    E, H = device.metrics()
+    np.testing.assert_allclose(E.cpu().numpy(), host.uncertainty, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(H.cpu().numpy(), host.hardness, rtol=0, atol=2e-6)
