@@ -754,9 +754,11 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         k = min(self.n_neighbors, X_train.shape[0] - 1)
         if k <= 0:
             return None
-        # Searched while the warm-up epochs train; the sampler waits for the
-        # result when the warm-up ends.
-        return nearest_neighbors_in_background(X_train, k, random_state=self._torch_seed)
+        # Searched while the warm-up epochs train (on a CUDA device: there); the
+        # sampler waits for the result when the warm-up ends.
+        return nearest_neighbors_in_background(
+            X_train, k, random_state=self._torch_seed, device=self.device
+        )
 
     def _module_params(self, module, n_features):
         kwargs = dict(self.module_kwargs or {})

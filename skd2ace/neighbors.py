@@ -30,9 +30,17 @@ _CELL_SIZE = 2048
 _GEMM_MIN_FEATURES = 48
 # Rows sampled per cell to place the cells' centres.
 _SAMPLE_PER_CELL = 64
+# On a CUDA device the exact search's matrix products and top-k take milliseconds where
+# the CPU takes seconds, so it stays exact to far larger N (N = 10⁵: 10¹⁰ distances).
+DEVICE_EXACT_MAX_SAMPLES = 100_000
+DEVICE_EXACT_MAX_WORK = 2**44
+# A sparse X is densified for the device search up to this many values (1 GiB float32).
+_DEVICE_DENSE_MAX_VALUES = 2**28
 
 
-def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_state=None):
+def nearest_neighbors(
+    X, k: int, *, exact_max: int | None = None, random_state=None, device=None
+) -> np.ndarray:
     """Indices of the ``k`` nearest other instances of every instance (Euclidean).
 
     Up to ``exact_max`` instances (and ``N²·d ≤ 2**34``) the search is exact, an
@@ -48,14 +56,23 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     get a neighbour that is not among their true ``k`` nearest (see
     ``docs/performance.md`` for the measured recall).
 
+    With a CUDA ``device`` the exact searches (all pairs, or each cell's) run there
+    as float32 matrix products and top-k, for dense ``X`` and for sparse ``X`` of
+    up to 2²⁸ values; the search is then exact up to 100 000 instances
+    (``N²·d ≤ 2**44``). Ties between equally distant neighbours may be broken
+    differently than on the CPU.
+
     Parameters
     ----------
     X : {ndarray, sparse matrix} of shape (N, d)
     k : int
         Neighbours per instance, ``1 ≤ k < N``.
-    exact_max : int, default=20000
+    exact_max : int, default=None
+        Most instances searched exactly (None: 20 000, 100 000 on a CUDA device).
     random_state : int, Generator or None
         Seeds the partition (large N only).
+    device : str or torch.device, default=None
+        Where the exact searches run; only a CUDA device changes anything.
 
     Returns
     -------
@@ -70,8 +87,12 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     n = X.shape[0]
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} instances, got {k}")
-    if n <= exact_max and n * n * X.shape[1] <= EXACT_MAX_WORK:
-        return _search(X, k)
+    device = _cuda(device)
+    if exact_max is None:
+        exact_max = EXACT_MAX_SAMPLES if device is None else DEVICE_EXACT_MAX_SAMPLES
+    max_work = EXACT_MAX_WORK if device is None else DEVICE_EXACT_MAX_WORK
+    if n <= exact_max and n * n * X.shape[1] <= max_work:
+        return _search(X, k, device)
     n_cells = math.ceil(n / _CELL_SIZE)
     rng = np.random.default_rng(random_state)
     seed = rng.integers(2**31 - 1)
@@ -88,14 +109,14 @@ def nearest_neighbors(X, k: int, *, exact_max: int = EXACT_MAX_SAMPLES, random_s
     for cell in range(n_cells):  # one exact search per cell (≈ N / 2048 of them)
         members = order[bounds[cell] : bounds[cell + 1]]
         if members.size > k:
-            neighbors[members] = members[_search(X[members], k)]
+            neighbors[members] = members[_search(X[members], k, device)]
         elif members.size:  # a tiny cell: search its members among all instances
             found = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X[members])[1]
             neighbors[members] = _drop_self(found, members, k)
     return neighbors
 
 
-def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
+def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None) -> Future:
     """:func:`nearest_neighbors` in a background thread; returns its Future.
 
     The search's BLAS and OpenMP kernels and torch's top-k release the GIL, so it
@@ -116,7 +137,7 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
     def search():
         # threadpoolctl's OpenMP limit is per calling thread: the trainer keeps its own.
         with threadpool_limits(limits=free, user_api="openmp"):
-            return nearest_neighbors(X, k, random_state=random_state)
+            return nearest_neighbors(X, k, random_state=random_state, device=device)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")
     try:
@@ -125,14 +146,27 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None) -> Future:
         executor.shutdown(wait=False)
 
 
-def _search(X, k: int) -> np.ndarray:
+def _cuda(device) -> torch.device | None:
+    """``device`` as a torch device if it is a CUDA one, else None (the CPU search)."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    return device if device.type == "cuda" else None
+
+
+def _search(X, k: int, device: torch.device | None = None) -> np.ndarray:
     """Exact kNN among the rows of ``X`` (each row's own index excluded)."""
+    if device is not None and sp.issparse(X):
+        if X.shape[0] * X.shape[1] <= _DEVICE_DENSE_MAX_VALUES:
+            X = X.toarray()
     if not sp.issparse(X):
         # Centred (in float64) before the cast to float32, which halves the distance
         # computations' memory traffic: distances do not change, but a large common
         # offset would cancel in float32 (‖y‖² − 2 x·y) and scramble the ranking.
         X = np.asarray(X)
         X = (X - X.mean(axis=0, dtype=np.float64)).astype(np.float32)
+        if device is not None:
+            return _exact_on_device(X, k, device)
         if X.shape[1] >= _GEMM_MIN_FEATURES:
             return _exact(X, k)
     elif X.dtype == np.float64:
@@ -159,6 +193,22 @@ def _exact(X, k: int, block_bytes: int = 2**24) -> np.ndarray:
         found = torch.topk(torch.from_numpy(dist), k, dim=1, largest=False).indices
         neighbors[start:stop] = found.numpy()
     return neighbors.astype(np.intp, copy=False)
+
+
+def _exact_on_device(X: np.ndarray, k: int, device, block_bytes: int = 2**28) -> np.ndarray:
+    """:func:`_exact` with torch on ``device`` (blocks of at most 256 MiB of distances)."""
+    X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+    n = X.shape[0]
+    squared = torch.einsum("ij,ij->i", X, X)
+    neighbors = torch.empty((n, k), dtype=torch.int64, device=X.device)
+    rows = max(1, min(n, block_bytes // (4 * n)))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        dist = torch.addmm(squared, X[start:stop], X.T, alpha=-2.0)
+        diagonal = torch.arange(stop - start, device=X.device)
+        dist[diagonal, diagonal + start] = torch.inf
+        neighbors[start:stop] = torch.topk(dist, k, dim=1, largest=False).indices
+    return neighbors.cpu().numpy().astype(np.intp, copy=False)
 
 
 def _drop_self(found: np.ndarray, members: np.ndarray, k: int) -> np.ndarray:

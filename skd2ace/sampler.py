@@ -57,17 +57,20 @@ class D2ACEBatchSampler(Sampler):
         label weights are dynamic (METHOD.md §9).
     random_state : int or numpy Generator, default=None
     device : str or torch.device, default=None
-        Where the network trains (None: the CPU). The recorded batches are applied
-        in a background thread when training leaves a core free: on the CPU one that
-        torch's threads leave, on a GPU any but the one driving it. Results do not
-        depend on it.
+        Where the network trains (None: the CPU). On a CUDA device with many labels
+        the bookkeeping runs there (see :func:`use_device_selection`); otherwise the
+        recorded batches are applied on the host, in a background thread when
+        training leaves a core free: on the CPU one that torch's threads leave, on a
+        GPU any but the one driving it. Results do not depend on it beyond float
+        rounding (a quantised rank may flip at a boundary on the device).
 
     Attributes
     ----------
     epoch : int
         Epochs planned so far (the schedules continue from here).
-    record_ : TrainingRecord or None
-        The recorded statistics (None for 'random').
+    record_ : TrainingRecord, DeviceRecord or None
+        The recorded statistics (None for 'random'; a ``DeviceRecord`` of torch
+        tensors when the bookkeeping runs on the CUDA device).
     epoch_info_ : dict
         The last epoch's selection record: ``selection_pressure``,
         ``mixture_weight``, ``selection_ess`` and the two label-weight vectors.
@@ -141,8 +144,11 @@ class D2ACEBatchSampler(Sampler):
         self.context_ = None
         self._pending_neighbors = None
         self._device_labels = self._device_context = None
-        if strategy == "d2ace" and use_device_selection(device):
-            # EXPERIMENTAL: state and distribution on the network's (CUDA) device.
+        if strategy == "d2ace" and use_device_selection(
+            device, self.n_samples, self.n_labels, history_size
+        ):
+            # Many labels on a GPU: the host's per-batch copies and single bookkeeping
+            # thread would set the pace, so state and distribution stay on the device.
             self.record_ = _device_selection.DeviceRecord(
                 self.n_samples,
                 self.n_labels,
@@ -318,12 +324,42 @@ class D2ACEBatchSampler(Sampler):
         return [order[start : start + step] for start in range(0, order.size, step)]
 
 
-def use_device_selection(device) -> bool:
-    """Whether D2ACE's bookkeeping runs on ``device`` (EXPERIMENTAL: CUDA devices,
-    unless ``SKD2ACE_DEVICE_SELECTION=0``; never on the CPU)."""
-    if device is None or os.environ.get("SKD2ACE_DEVICE_SELECTION", "1") == "0":
+#: Fewest labels for which :func:`use_device_selection` keeps D2ACE's bookkeeping on a
+#: CUDA device by default. Measured on an H200 (docs/performance.md): at q = 14 the device
+#: path took 1.43x the host path's fit time (kernel launches per batch cost more than the
+#: host's tiny updates), at q = 100 the same, at q = 983 0.53x.
+DEVICE_SELECTION_MIN_LABELS = 256
+
+
+def device_selection_bytes(n_samples: int, n_labels: int, history_size: int = 5) -> int:
+    """Device memory D2ACE's bookkeeping takes on a CUDA device, state and planning.
+
+    Per (instance, label): the record (3 float32 + ``W − 1`` int32 changes), the dense
+    labels and context (float32 each) and planning's temporaries (E, H, masked products:
+    about 6 float32).
+    """
+    return n_samples * n_labels * (4 * (3 + max(history_size - 1, 1)) + 8 + 24)
+
+
+def use_device_selection(device, n_samples: int, n_labels: int, history_size: int = 5) -> bool:
+    """Whether D2ACE's bookkeeping runs on the network's ``device`` instead of the host.
+
+    Only for CUDA devices. ``SKD2ACE_DEVICE_SELECTION`` decides: ``auto`` (the default)
+    when there are at least :data:`DEVICE_SELECTION_MIN_LABELS` labels and
+    :func:`device_selection_bytes` fits in half of the device's free memory, ``1``
+    always on CUDA, ``0`` never.
+    """
+    choice = os.environ.get("SKD2ACE_DEVICE_SELECTION", "auto").strip().lower()
+    if choice not in ("auto", "0", "1"):
+        raise ValueError(f"SKD2ACE_DEVICE_SELECTION must be 'auto', '1' or '0', got {choice!r}")
+    if device is None or choice == "0" or torch.device(device).type != "cuda":
         return False
-    return torch.device(device).type == "cuda"
+    if choice == "1":
+        return True
+    if n_labels < DEVICE_SELECTION_MIN_LABELS:
+        return False
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return device_selection_bytes(n_samples, n_labels, history_size) <= free // 2
 
 
 def _numpy(x) -> np.ndarray:

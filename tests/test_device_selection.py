@@ -1,5 +1,5 @@
-"""EXPERIMENTAL device-side bookkeeping (skd2ace._device_selection), checked on the CPU
-against the numpy record and functional core."""
+"""Device-side bookkeeping (skd2ace._device_selection), checked on the CPU against the
+numpy record and functional core, and the rule that chooses it."""
 
 import pickle
 
@@ -10,6 +10,11 @@ import torch
 from skd2ace import D2ACEMultiLabelClassifier, sampler, selection
 from skd2ace._device_selection import DeviceRecord, d2ace_distribution, label_weights
 from skd2ace._record import TrainingRecord
+from skd2ace.sampler import (
+    DEVICE_SELECTION_MIN_LABELS,
+    device_selection_bytes,
+    use_device_selection,
+)
 
 
 def _batches(rng, n, q, n_batches, size):
@@ -88,7 +93,7 @@ def test_non_finite_scores_give_uniform_sampling():
 @pytest.fixture
 def on_cpu(monkeypatch):
     # The device path is only chosen for CUDA devices; force it on the CPU.
-    monkeypatch.setattr(sampler, "use_device_selection", lambda device: device is not None)
+    monkeypatch.setattr(sampler, "use_device_selection", lambda device, *shape: device is not None)
 
 
 def test_sampler_plans_like_the_numpy_sampler(on_cpu, monkeypatch):
@@ -154,13 +159,51 @@ def test_estimator_fits_with_device_selection(on_cpu):
     assert clf.predict_proba(X).shape == Y.shape
 
 
-def test_device_selection_is_chosen_for_cuda_only(monkeypatch):
-    from skd2ace.sampler import use_device_selection
+@pytest.fixture
+def free_gpu_memory(monkeypatch):
+    free = {"bytes": 80 * 2**30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2**40))
+    return free
 
-    assert not use_device_selection(None) and not use_device_selection("cpu")
-    assert use_device_selection("cuda") and use_device_selection(torch.device("cuda:1"))
-    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")
-    assert not use_device_selection("cuda")
+
+def test_device_selection_auto_needs_cuda_many_labels_and_memory(monkeypatch, free_gpu_memory):
+    Q = DEVICE_SELECTION_MIN_LABELS
+    monkeypatch.delenv("SKD2ACE_DEVICE_SELECTION", raising=False)
+    assert not use_device_selection(None, 16105, 983) and not use_device_selection("cpu", 10, Q)
+    assert use_device_selection("cuda", 16105, 983)  # delicious
+    assert use_device_selection(torch.device("cuda:1"), 100, Q)
+    assert not use_device_selection("cuda", 2417, 14)  # yeast: the host path is faster
+    assert not use_device_selection("cuda", 100_000, Q - 1)
+    need = device_selection_bytes(10**6, 1000)
+    assert need == 10**6 * 1000 * 60  # 28 B of state, 8 of labels/context, 24 of planning
+    free_gpu_memory["bytes"] = 2 * need
+    assert use_device_selection("cuda", 10**6, 1000)
+    free_gpu_memory["bytes"] = 2 * need - 1  # the model keeps at least half of what is free
+    assert not use_device_selection("cuda", 10**6, 1000)
+
+
+@pytest.mark.parametrize(
+    "value, cuda_few_labels, cuda_many, cpu",
+    [
+        ("auto", False, True, False),
+        (" AUTO ", False, True, False),
+        ("1", True, True, False),
+        ("0", False, False, False),
+    ],
+)
+def test_device_selection_environment_variable(
+    monkeypatch, free_gpu_memory, value, cuda_few_labels, cuda_many, cpu
+):
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", value)
+    assert use_device_selection("cuda", 2417, 14) is cuda_few_labels
+    assert use_device_selection("cuda", 16105, 983) is cuda_many
+    assert use_device_selection("cpu", 16105, 983) is cpu
+
+
+def test_device_selection_environment_variable_is_checked(monkeypatch):
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "yes")
+    with pytest.raises(ValueError, match="SKD2ACE_DEVICE_SELECTION must be 'auto', '1' or '0'"):
+        use_device_selection("cuda", 10, 10)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

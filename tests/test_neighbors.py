@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 from sklearn.datasets import make_blobs
 from sklearn.neighbors import NearestNeighbors
 
+import skd2ace.neighbors as nb
+from skd2ace import D2ACEMultiLabelClassifier
 from skd2ace.neighbors import _drop_self, nearest_neighbors
 
 
@@ -188,3 +191,71 @@ def test_dataloader_workers_with_the_background_search():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("block_rows", [None, 7])
+def test_device_search_matches_the_cpu_search(block_rows):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 20)).astype(np.float32)
+    block = None if block_rows is None else 4 * 300 * block_rows
+    kwargs = {} if block is None else {"block_bytes": block}
+    # The torch code, run on the CPU here (a CUDA device is not needed to check it).
+    got = nb._exact_on_device(X, 5, torch.device("cpu"), **kwargs)
+    expected = NearestNeighbors(n_neighbors=5).fit(X).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.intp
+
+
+def _device_route(monkeypatch):
+    """Send nearest_neighbors' device branch to the CPU; record which search ran."""
+    calls = []
+    original = nb._exact_on_device
+
+    def on_device(X, k, device, **kwargs):
+        calls.append(X.shape)
+        return original(X, k, device, **kwargs)
+
+    monkeypatch.setattr(nb, "_cuda", lambda device: None if device is None else torch.device("cpu"))
+    monkeypatch.setattr(nb, "_exact_on_device", on_device)
+    return calls
+
+
+def test_device_search_is_exact_to_larger_n_and_takes_sparse_input(monkeypatch):
+    calls = _device_route(monkeypatch)
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(400, 6))
+    expected = nearest_neighbors(X, 4)
+    np.testing.assert_array_equal(nearest_neighbors(X, 4, device="cuda"), expected)
+    np.testing.assert_array_equal(nearest_neighbors(sp.csr_matrix(X), 4, device="cuda"), expected)
+    assert calls == [(400, 6), (400, 6)]
+    assert nb.DEVICE_EXACT_MAX_SAMPLES > nb.EXACT_MAX_SAMPLES
+    # Beyond exact_max the cells are searched on the device too.
+    calls.clear()
+    approx = nearest_neighbors(X, 4, exact_max=100, random_state=0, device="cuda")
+    assert len(calls) >= 1 and sum(shape[0] for shape in calls) <= 400
+    np.testing.assert_array_equal(approx, nearest_neighbors(X, 4, exact_max=100, random_state=0))
+
+
+def test_cpu_device_keeps_the_cpu_search(monkeypatch):
+    calls = []
+    monkeypatch.setattr(nb, "_exact_on_device", lambda *a, **k: calls.append(a))
+    X = np.random.default_rng(5).normal(size=(80, 50))
+    np.testing.assert_array_equal(nearest_neighbors(X, 3, device="cpu"), nearest_neighbors(X, 3))
+    assert calls == []
+
+
+def test_estimator_searches_neighbors_on_its_device(monkeypatch):
+    import skd2ace._classifier as module
+
+    seen = {}
+    original = module.nearest_neighbors_in_background
+
+    def spy(X, k, **kwargs):
+        seen.update(kwargs)
+        return original(X, k, **kwargs)
+
+    monkeypatch.setattr(module, "nearest_neighbors_in_background", spy)
+    rng = np.random.default_rng(6)
+    X, Y = rng.random((60, 4)), (rng.random((60, 3)) < 0.4).astype(int)
+    D2ACEMultiLabelClassifier(max_epochs=2, hidden_layer_sizes=(4,), random_state=0).fit(X, Y)
+    assert seen["device"] == "cpu"
