@@ -1,12 +1,14 @@
 """D2ACE's bookkeeping on the network's device: the record and the distribution in torch.
 
-EXPERIMENTAL (branch ``gpu-selection``, not measured on a GPU yet). On a GPU the numpy
-path copies every batch's probabilities and losses to the host (a device sync per batch)
-and applies them in one CPU thread, which at delicious size sets the pace of a GPU fit
-(session 6: d2ace/random 2.90 on an H100). Here the state lives in device memory, each
-batch is applied by a few elementwise kernels that queue behind the training step (no
-sync), and the epoch's distribution is computed there too; only ``P`` (N floats) comes
-back to the host, where :func:`skd2ace.selection.draw_batches` draws the batches.
+Chosen by :func:`skd2ace.sampler.use_device_selection` (CUDA, many labels). On a GPU the
+numpy path copies every batch's probabilities and losses to the host and applies them in
+one CPU thread, which at delicious size sets the pace of a GPU fit (d2ace/random 2.68 on an
+H200, 1.45 with this module; docs/performance.md). With few labels the host path is faster
+(yeast: this module's per-batch kernels cost 1.43x the host path's fit time). Here the
+state lives in device memory, each batch is applied by a few dozen elementwise kernels
+that queue behind the training step, and the epoch's distribution is computed there
+too; only ``P`` (N floats) comes back to the host, where
+:func:`skd2ace.selection.draw_batches` draws the batches.
 
 The formulas are those of :mod:`skd2ace.selection` and :class:`skd2ace._record.TrainingRecord`
 (same quantised changes, same operation order where it matters); results agree with the

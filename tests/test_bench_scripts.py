@@ -43,3 +43,21 @@ def test_bench_selection_prints_stages_and_bytes():
     assert all(value > 0 for value in cells[2:9])  # every stage took some time
     assert 20 <= cells[-1] <= 32  # recorded state per (instance, label)
     assert "slope vs N" in out
+
+
+def test_bench_neighbors_prints_host_and_device_times():
+    out = run(
+        "bench_neighbors.py",
+        "--sizes",
+        "400x50:binary",
+        "600x8",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+    )
+    assert "device = cpu" in out
+    rows = [line for line in out.splitlines() if line.startswith(("| 400 |", "| 600 |"))]
+    cells = [cell.strip() for cell in rows[-1].strip("|").split("|")]
+    assert cells[:3] == ["600", "8", "normal"]
+    assert all(float(cell) > 0 for cell in cells[3:6])  # host s, device s, host/device
