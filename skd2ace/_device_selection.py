@@ -95,6 +95,27 @@ class DeviceRecord:
         self.changes[slot, idx] = quantised
         self.seen[idx] = before + 1
 
+    _TENSORS = ("seen", "last", "flip", "loss", "changes")
+
+    def __getstate__(self):
+        # Host tensors in the pickle: it then loads on a machine without this device.
+        state = self.__dict__.copy()
+        state.update({name: getattr(self, name).cpu() for name in self._TENSORS})
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if not _available(self.device):
+            warnings.warn(
+                f"the D2ACE record was saved on {self.device}, which is not available "
+                "here; it is loaded on the CPU",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.device = torch.device("cpu")
+        for name in self._TENSORS:
+            setattr(self, name, getattr(self, name).to(self.device))
+
     def flush(self) -> None:
         """Nothing is queued (for :class:`~skd2ace._record.TrainingRecord`'s interface)."""
 
@@ -124,6 +145,14 @@ class DeviceRecord:
     def hardness(self) -> np.ndarray:
         """``H`` as a host array."""
         return self.metrics()[1].cpu().numpy()
+
+
+def _available(device: torch.device) -> bool:
+    """Whether tensors can be put on ``device`` in this process."""
+    if device.type != "cuda":
+        return device.type == "cpu"
+    index = 0 if device.index is None else device.index
+    return torch.cuda.is_available() and index < torch.cuda.device_count()
 
 
 def as_device_matrix(Y, device) -> torch.Tensor:

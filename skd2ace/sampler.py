@@ -309,7 +309,8 @@ class D2ACEBatchSampler(Sampler):
         if self._pending_neighbors is not None and self.labels is not None:
             self._resolve_context()
         state = self.__dict__.copy()
-        state["_pending_neighbors"] = None
+        # Device copies of labels and context are rebuilt from the host ones when needed.
+        state.update(_pending_neighbors=None, _device_labels=None, _device_context=None)
         return state
 
     def _weights(self, metric: np.ndarray) -> list[float]:

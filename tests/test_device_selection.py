@@ -159,6 +159,38 @@ def test_estimator_fits_with_device_selection(on_cpu):
     assert clf.predict_proba(X).shape == Y.shape
 
 
+def test_record_saved_on_a_missing_device_loads_on_the_cpu(monkeypatch):
+    record = DeviceRecord(10, 3, device="cpu")
+    record.update(torch.arange(4), torch.rand(4, 3), torch.rand(4, 3))
+    record.device = torch.device("cuda:7")  # as if saved on a machine with 8 GPUs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    blob = pickle.dumps(record)
+    with pytest.warns(UserWarning, match="saved on cuda:7, which is not available here"):
+        again = pickle.loads(blob)
+    assert again.device == torch.device("cpu")
+    for name in DeviceRecord._TENSORS:
+        torch.testing.assert_close(getattr(again, name), getattr(record, name))
+    for got, want in zip(again.metrics(), record.metrics(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_warm_started_estimator_pickles_and_continues(on_cpu):
+    rng = np.random.default_rng(2)
+    X = rng.random((100, 5)).astype(np.float32)
+    Y = (X[:, :3] + 0.3 * rng.random((100, 3)) > 0.7).astype(int)
+    kw = dict(max_epochs=4, warmup_epochs=1, hidden_layer_sizes=(8,), batch_size=16)
+    clf = D2ACEMultiLabelClassifier(warm_start=True, random_state=0, **kw).fit(X, Y)
+    sampler_ = clf.net_.batch_sampler
+    assert sampler_._device_labels is not None  # cached for planning
+    again = pickle.loads(pickle.dumps(clf))
+    assert again.net_.batch_sampler._device_labels is None  # rebuilt when needed
+    seen = int(again.net_.batch_sampler.record_.seen.sum())
+    again.partial_fit(X, Y)
+    clf.partial_fit(X, Y)
+    assert int(again.net_.batch_sampler.record_.seen.sum()) > seen
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+
+
 @pytest.fixture
 def free_gpu_memory(monkeypatch):
     free = {"bytes": 80 * 2**30}
