@@ -137,7 +137,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
     device : str, default='cpu'
         Torch device of the network ('cpu', 'cuda', 'cuda:1', ...). A CUDA device
         that is not available raises ``ValueError`` at ``fit``. The recorded
-        selection statistics always live in host memory.
+        selection statistics live in host memory, except on a CUDA device with at
+        least 256 labels (and room in GPU memory), where they stay on the device
+        (``SKD2ACE_DEVICE_SELECTION``; see docs/errors.md, "Devices").
     num_workers : int, default=0
         DataLoader worker processes for training batches.
     warm_start : bool, default=False

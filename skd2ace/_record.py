@@ -55,7 +55,8 @@ class TrainingRecord:
     diverged batch) repeats the previous one; a NaN loss keeps the previous loss.
 
     The state lives in host memory as numpy arrays: it is what the numpy
-    selection reads every epoch, and it leaves GPU memory to the model.
+    selection reads every epoch, and it leaves GPU memory to the model (on a CUDA
+    device with many labels the sampler uses ``_device_selection.DeviceRecord``).
     Memory: ``20 + 2·(W − 1)`` bytes per (instance, label) (28 at ``W = 5``: 20 of
     state, 8 of metrics) plus 4 bytes per instance, and the queued batches with
     the scratch arrays that apply them (about 38 bytes per queued value, 54 in the

@@ -276,7 +276,8 @@ class D2ACEBatchSampler(Sampler):
     def record(self, idx, proba, loss, *, copy: bool = True) -> None:
         """Record a training batch: row indices, probabilities and elementwise loss.
 
-        Accepts numpy arrays or torch tensors (moved to host memory). With
+        Accepts numpy arrays or torch tensors (moved to host memory, or to the
+        device when the bookkeeping runs there). With
         ``copy=False`` the record keeps them by reference until it applies them
         (the caller must not modify them afterwards).
         """
