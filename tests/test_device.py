@@ -73,7 +73,7 @@ def test_real_cuda_fit_predict_and_pickle():
         X, Y
     )
     assert all(p.device.type == "cuda" for p in clf.net_.module_.parameters())
-    # The recorded selection state lives in host memory (numpy), by design.
+    # With few labels the recorded selection state lives in host memory (numpy).
     record = clf.net_.batch_sampler.record_
     assert isinstance(record.uncertainty, np.ndarray)
     proba = clf.predict_proba(X)
@@ -90,3 +90,28 @@ def test_real_cuda_fit_predict_and_pickle():
     np.testing.assert_allclose(again.predict_proba(X), clf.predict_proba(X), atol=1e-5)
     restored = pickle.loads(pickle.dumps(clf))
     np.testing.assert_allclose(restored.predict_proba(X), clf.predict_proba(X))
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_real_cuda_fit_with_many_labels_keeps_the_record_on_the_gpu(monkeypatch):
+    import pickle
+
+    from skd2ace._device_selection import DeviceRecord
+    from skd2ace.sampler import DEVICE_SELECTION_MIN_LABELS
+
+    monkeypatch.delenv("SKD2ACE_DEVICE_SELECTION", raising=False)
+    X, Y = tiny_problem(n=200, d=10, q=DEVICE_SELECTION_MIN_LABELS)
+    kw = dict(FAST, max_epochs=4, device="cuda", warm_start=True, random_state=0)
+    clf = D2ACEMultiLabelClassifier(**kw).fit(X, Y)
+    record = clf.net_.batch_sampler.record_
+    assert isinstance(record, DeviceRecord) and record.last.device.type == "cuda"
+    assert int(record.seen.sum()) == 4 * len(clf._train_idx)
+    ess = clf.net_.history[:, "selection_ess"]
+    assert ess[0] == 1.0 and all(0 < e < 1 for e in ess[1:])
+    clf.partial_fit(X, Y)
+    restored = pickle.loads(pickle.dumps(clf))
+    assert restored.net_.batch_sampler.record_.last.device.type == "cuda"
+    np.testing.assert_allclose(restored.predict_proba(X), clf.predict_proba(X))
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")
+    host = D2ACEMultiLabelClassifier(**kw).fit(X, Y)
+    assert isinstance(host.net_.batch_sampler.record_.uncertainty, np.ndarray)
