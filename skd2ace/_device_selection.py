@@ -60,11 +60,14 @@ class DeviceRecord:
         return sum(t.element_size() * t.numel() for t in tensors)
 
     def update(self, idx, proba, loss, *, copy: bool = True) -> None:
-        """Apply one batch of distinct instances (``copy`` is ignored: nothing is kept)."""
-        dev = self.device
-        idx = torch.as_tensor(idx).to(dev, torch.long, non_blocking=True).reshape(-1)
-        proba = torch.as_tensor(proba).to(dev, torch.float32)
-        loss = torch.as_tensor(loss).to(dev, torch.float32)
+        """Apply one batch (``copy`` is ignored: nothing is kept).
+
+        An instance with several rows in the batch gets them as consecutive
+        predictions, as in :class:`~skd2ace._record.TrainingRecord`: the batch is
+        then applied in rounds of distinct instances (the sampler's batches never
+        repeat one, so this costs one host-side check per batch).
+        """
+        idx, proba, loss = _tensor(idx).reshape(-1), _tensor(proba), _tensor(loss)
         expected = (idx.numel(), self.n_labels)
         if tuple(proba.shape) != expected or tuple(loss.shape) != expected:
             raise ValueError(
@@ -73,6 +76,19 @@ class DeviceRecord:
             )
         if idx.numel() == 0:
             return
+        dev = self.device
+        rounds = _rounds_of_distinct(idx)
+        idx = idx.to(dev, torch.long, non_blocking=True)
+        proba, loss = proba.to(dev, torch.float32), loss.to(dev, torch.float32)
+        if rounds is None:
+            self._apply(idx, proba, loss)
+            return
+        for rows in rounds:
+            rows = torch.from_numpy(rows).to(dev)
+            self._apply(idx[rows], proba[rows], loss[rows])
+
+    def _apply(self, idx, proba, loss) -> None:
+        """Apply rows of distinct instances by scatters (tensors on the device)."""
         before = self.seen[idx]
         stored = self.last[idx]
         # A non-finite probability repeats the previous one, a NaN loss keeps the previous.
@@ -123,17 +139,30 @@ class DeviceRecord:
         """Nothing runs in the background (the interface of the numpy record)."""
 
     def metrics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``E`` and ``H`` (N, q) float32 on the device (fresh tensors)."""
+        """``E`` and ``H`` (N, q) float32 on the device (fresh tensors).
+
+        Computed in place where the operation order allows: planning's peak device
+        memory is part of :func:`skd2ace.sampler.device_selection_bytes`.
+        """
         pairs = (self.seen - 1).clamp(1, self.slots).to(torch.float32)
         scale = (torch.tensor(1.0 / _CHANGE_SCALE, dtype=torch.float32) / pairs).unsqueeze(1)
-        window = self.changes.sum(0, dtype=torch.int32).to(torch.float32)
-        fluctuation = window * scale
+        uncertainty = self.changes.sum(0, dtype=torch.int32).to(torch.float32)
+        uncertainty *= scale
+        uncertainty *= self.lam
         p = self.last.clamp(_P_CLIP, 1.0 - _P_CLIP)
-        q = 1.0 - p
-        entropy = torch.log2(p) * p + torch.log2(q) * q
+        entropy = torch.log2(p)
+        entropy *= p
+        p.neg_().add_(1.0)  # now q = 1 − p
+        term = torch.log2(p)
+        term *= p
+        del p
+        entropy += term
+        del term
         entropy *= -(1.0 - self.lam)
-        uncertainty = self.lam * fluctuation + entropy
-        hardness = torch.expm1(-self.loss) * (self.flip - 1.0)
+        uncertainty += entropy
+        del entropy
+        hardness = torch.neg(self.loss).expm1_()
+        hardness *= self.flip - 1.0
         return uncertainty, hardness
 
     @property
@@ -145,6 +174,28 @@ class DeviceRecord:
     def hardness(self) -> np.ndarray:
         """``H`` as a host array."""
         return self.metrics()[1].cpu().numpy()
+
+
+def _tensor(x) -> torch.Tensor:
+    """A batch input as a tensor outside autograd (numpy arrays and lists copied)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    return torch.from_numpy(np.array(x))
+
+
+def _rounds_of_distinct(idx: torch.Tensor) -> list[np.ndarray] | None:
+    """Row positions in rounds of distinct instances (the k-th occurrences in round
+    k), or None when every instance occurs once."""
+    values = idx.cpu().numpy()
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    if first.all():
+        return None
+    starts = np.flatnonzero(first)
+    occurrence = np.empty(values.size, dtype=np.intp)
+    occurrence[order] = np.arange(values.size) - starts[np.cumsum(first) - 1]
+    return [np.flatnonzero(occurrence == k) for k in range(occurrence.max() + 1)]
 
 
 def _available(device: torch.device) -> bool:
@@ -161,14 +212,23 @@ def as_device_matrix(Y, device) -> torch.Tensor:
     return torch.as_tensor((Y != 0).astype(np.float32)).to(device)
 
 
-def label_weights(M: torch.Tensor, a: float, b: float, dynamic: bool) -> torch.Tensor:
-    """``v = exp(a·mean + b·std)`` per label (population std, float64 sums)."""
+def label_weights(
+    M: torch.Tensor, a: float, b: float, dynamic: bool, block_values: int = 2**22
+) -> torch.Tensor:
+    """``v = exp(a·mean + b·std)`` per label (population std, float64 sums over row
+    blocks of about ``block_values`` entries: no float64 copy of ``M``)."""
     if not dynamic:
         return torch.ones(M.shape[1], dtype=torch.float64, device=M.device)
-    m = M.to(torch.float64)
+    total = torch.zeros(M.shape[1], dtype=torch.float64, device=M.device)
+    squares = torch.zeros_like(total)
+    rows = max(1, block_values // max(M.shape[1], 1))
+    for start in range(0, M.shape[0], rows):
+        part = M[start : start + rows].to(torch.float64)
+        total += part.sum(0)
+        squares += part.square_().sum(0)
     n = max(M.shape[0], 1)
-    mean = m.sum(0) / n
-    var = ((m * m).sum(0) / n - mean**2).clamp(min=0.0)
+    mean = total / n
+    var = (squares / n - mean**2).clamp(min=0.0)
     return torch.exp(a * mean + b * var.sqrt())
 
 
@@ -227,12 +287,17 @@ def d2ace_distribution(
         scores = M @ v32
         if correlation:
             masked = M * labels
-            gram = (masked.T @ masked).to(torch.float64)
-            norms = gram.diagonal().clamp(min=0.0).sqrt() + eps
-            corr = gram / norms[:, None] / norms[None, :]
-            corr = corr / (corr.sum(1, keepdim=True) + eps)
-            vC = (v[:, None] * corr).to(torch.float32)
-            scores = scores + ((masked @ vC) * context).sum(1)
+            # In place on one q × q float64 matrix (the q² part of the memory rule).
+            corr = (masked.T @ masked).to(torch.float64)
+            norms = corr.diagonal().clamp(min=0.0).sqrt() + eps
+            corr /= norms[:, None]
+            corr /= norms[None, :]
+            corr /= corr.sum(1, keepdim=True) + eps
+            corr *= v[:, None]
+            vC = corr.to(torch.float32)
+            del corr
+            scores = scores + (masked @ vC).mul_(context).sum(1)
+            del masked
         pools.append(share * rank_probabilities(scores, pressure))
     P = torch.stack(pools).sum(0)
     P = (P / P.sum()).cpu().numpy()

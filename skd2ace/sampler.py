@@ -337,10 +337,12 @@ def device_selection_bytes(n_samples: int, n_labels: int, history_size: int = 5)
     """Device memory D2ACE's bookkeeping takes on a CUDA device, state and planning.
 
     Per (instance, label): the record (3 float32 + ``W − 1`` int32 changes), the dense
-    labels and context (float32 each) and planning's temporaries (E, H, masked products:
-    about 6 float32).
+    labels and context (float32 each) and planning's peak (E, H and the masked
+    products: 16 bytes measured, 24 allowed); per label pair, planning's q × q
+    correlation matrices (15.5 bytes measured, 24 allowed).
     """
-    return n_samples * n_labels * (4 * (3 + max(history_size - 1, 1)) + 8 + 24)
+    per_value = 4 * (3 + max(history_size - 1, 1)) + 8 + 24
+    return n_samples * n_labels * per_value + 24 * n_labels * n_labels
 
 
 def use_device_selection(device, n_samples: int, n_labels: int, history_size: int = 5) -> bool:

@@ -159,6 +159,35 @@ def test_estimator_fits_with_device_selection(on_cpu):
     assert clf.predict_proba(X).shape == Y.shape
 
 
+def test_repeated_instances_in_a_batch_are_consecutive_predictions():
+    rng = np.random.default_rng(11)
+    n, q = 8, 3
+    host = TrainingRecord(n, q, history_size=3)
+    device = DeviceRecord(n, q, 3, device="cpu")
+    for idx in ([0, 1, 2], [0, 0, 0, 1, 3, 0], [3, 3, 2], [5]):
+        proba = rng.random((len(idx), q), dtype=np.float32)
+        loss = rng.random((len(idx), q), dtype=np.float32)
+        host.update(np.array(idx), proba, loss)
+        device.update(np.array(idx), proba, loss)
+    host.flush()
+    np.testing.assert_array_equal(device.seen.numpy(), [5, 2, 2, 3, 0, 1, 0, 0])
+    np.testing.assert_array_equal(device.last.numpy(), host.last)
+    np.testing.assert_allclose(device.uncertainty, host.uncertainty, atol=2e-6)
+    np.testing.assert_allclose(device.hardness, host.hardness, atol=2e-6)
+
+
+def test_batch_inputs_outside_autograd_and_any_array_layout():
+    record = DeviceRecord(6, 2, device="cpu")
+    logits = torch.zeros(3, 2, requires_grad=True)
+    record.update(torch.tensor([0, 1, 2]), torch.sigmoid(logits), logits * 0 + 1)
+    assert not record.last.requires_grad and not record.loss.requires_grad
+    proba = np.linspace(0.1, 0.9, 6, dtype=np.float32).reshape(3, 2)[::-1]  # negative strides
+    proba.flags.writeable = False
+    record.update([3, 4, 5], proba, [[1.0, 1.0]] * 3)  # lists too
+    np.testing.assert_array_equal(record.last.numpy()[3:], proba)
+    record.metrics()
+
+
 def test_record_saved_on_a_missing_device_loads_on_the_cpu(monkeypatch):
     record = DeviceRecord(10, 3, device="cpu")
     record.update(torch.arange(4), torch.rand(4, 3), torch.rand(4, 3))
@@ -207,7 +236,9 @@ def test_device_selection_auto_needs_cuda_many_labels_and_memory(monkeypatch, fr
     assert not use_device_selection("cuda", 2417, 14)  # yeast: the host path is faster
     assert not use_device_selection("cuda", 100_000, Q - 1)
     need = device_selection_bytes(10**6, 1000)
-    assert need == 10**6 * 1000 * 60  # 28 B of state, 8 of labels/context, 24 of planning
+    # 28 B of state, 8 of labels/context, 24 of planning; 24 B per label pair.
+    assert need == 10**6 * 1000 * 60 + 24 * 1000**2
+    assert device_selection_bytes(1000, 8000) == 1000 * 8000 * 60 + 24 * 8000**2
     free_gpu_memory["bytes"] = 2 * need
     assert use_device_selection("cuda", 10**6, 1000)
     free_gpu_memory["bytes"] = 2 * need - 1  # the model keeps at least half of what is free
