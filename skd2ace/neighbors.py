@@ -34,7 +34,7 @@ _SAMPLE_PER_CELL = 64
 # the CPU takes seconds, so it stays exact to far larger N (N = 10⁵: 10¹⁰ distances).
 DEVICE_EXACT_MAX_SAMPLES = 100_000
 DEVICE_EXACT_MAX_WORK = 2**44
-# A sparse X is densified for the device search up to this many values (1 GiB float32).
+# A sparse X is densified (float32) for the device search up to this many values (1 GiB).
 _DEVICE_DENSE_MAX_VALUES = 2**28
 
 
@@ -58,7 +58,8 @@ def nearest_neighbors(
 
     With a CUDA ``device`` the exact searches (all pairs, or each cell's) run there
     as float32 matrix products and top-k, for dense ``X`` and for sparse ``X`` of
-    up to 2²⁸ values; the search is then exact up to 100 000 instances
+    up to 2²⁸ values (a larger sparse ``X`` is searched on the CPU); the search is
+    then exact up to 100 000 instances
     (``N²·d ≤ 2**44``). Ties between equally distant neighbours may be broken
     differently than on the CPU.
 
@@ -88,6 +89,8 @@ def nearest_neighbors(
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}] for {n} instances, got {k}")
     device = _cuda(device)
+    if device is not None and sp.issparse(X) and n * X.shape[1] > _DEVICE_DENSE_MAX_VALUES:
+        device = None  # too large to densify: the CPU's sparse search, with its limits
     if exact_max is None:
         exact_max = EXACT_MAX_SAMPLES if device is None else DEVICE_EXACT_MAX_SAMPLES
     max_work = EXACT_MAX_WORK if device is None else DEVICE_EXACT_MAX_WORK
@@ -133,6 +136,10 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     [1, 0, 1, 2]
     """
     free = max(1, _background.free_cores())
+    device = _cuda(device)
+    if device is not None and device.index is None:
+        # The current CUDA device is per thread: the search uses the caller's.
+        device = torch.device("cuda", torch.cuda.current_device())
 
     def search():
         # threadpoolctl's OpenMP limit is per calling thread: the trainer keeps its own.
@@ -156,17 +163,16 @@ def _cuda(device) -> torch.device | None:
 
 def _search(X, k: int, device: torch.device | None = None) -> np.ndarray:
     """Exact kNN among the rows of ``X`` (each row's own index excluded)."""
-    if device is not None and sp.issparse(X):
-        if X.shape[0] * X.shape[1] <= _DEVICE_DENSE_MAX_VALUES:
-            X = X.toarray()
+    if device is not None:
+        if sp.issparse(X):
+            X = X.astype(np.float32).toarray()
+        return _exact_on_device(X, k, device)
     if not sp.issparse(X):
         # Centred (in float64) before the cast to float32, which halves the distance
         # computations' memory traffic: distances do not change, but a large common
         # offset would cancel in float32 (‖y‖² − 2 x·y) and scramble the ranking.
         X = np.asarray(X)
         X = (X - X.mean(axis=0, dtype=np.float64)).astype(np.float32)
-        if device is not None:
-            return _exact_on_device(X, k, device)
         if X.shape[1] >= _GEMM_MIN_FEATURES:
             return _exact(X, k)
     elif X.dtype == np.float64:
@@ -195,10 +201,20 @@ def _exact(X, k: int, block_bytes: int = 2**24) -> np.ndarray:
     return neighbors.astype(np.intp, copy=False)
 
 
-def _exact_on_device(X: np.ndarray, k: int, device, block_bytes: int = 2**28) -> np.ndarray:
-    """:func:`_exact` with torch on ``device`` (blocks of at most 256 MiB of distances)."""
-    X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
-    n = X.shape[0]
+def _exact_on_device(X, k: int, device, block_bytes: int = 2**28) -> np.ndarray:
+    """:func:`_exact` with torch on ``device`` (blocks of at most 256 MiB of distances).
+
+    ``X`` (dense, any real dtype) is copied to the device as it is and centred there
+    in float64 blocks, then kept as float32 (as :func:`_search` does on the host).
+    """
+    source = torch.from_numpy(np.ascontiguousarray(X)).to(device)
+    n, d = source.shape
+    mean = source.sum(0, dtype=torch.float64) / n
+    X = torch.empty((n, d), dtype=torch.float32, device=source.device)
+    rows = max(1, min(n, block_bytes // (8 * max(d, 1))))
+    for start in range(0, n, rows):
+        X[start : start + rows] = source[start : start + rows].to(torch.float64) - mean
+    del source
     squared = torch.einsum("ij,ij->i", X, X)
     neighbors = torch.empty((n, k), dtype=torch.int64, device=X.device)
     rows = max(1, min(n, block_bytes // (4 * n)))

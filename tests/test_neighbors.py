@@ -259,3 +259,44 @@ def test_estimator_searches_neighbors_on_its_device(monkeypatch):
     X, Y = rng.random((60, 4)), (rng.random((60, 3)) < 0.4).astype(int)
     D2ACEMultiLabelClassifier(max_epochs=2, hidden_layer_sizes=(4,), random_state=0).fit(X, Y)
     assert seen["device"] == "cpu"
+
+
+def test_device_search_centres_a_large_common_offset(monkeypatch):
+    _device_route(monkeypatch)
+    X = np.random.default_rng(8).normal(size=(300, 16))
+    expected = nearest_neighbors(X, 5)
+    np.testing.assert_array_equal(nearest_neighbors(X + 1000.0, 5, device="cuda"), expected)
+    np.testing.assert_array_equal(
+        nb._exact_on_device(X + 1000.0, 5, torch.device("cpu"), block_bytes=8 * 16 * 7), expected
+    )
+
+
+def test_sparse_input_too_large_to_densify_stays_on_the_cpu(monkeypatch):
+    calls = _device_route(monkeypatch)
+    monkeypatch.setattr(nb, "_DEVICE_DENSE_MAX_VALUES", 100)
+    monkeypatch.setattr(nb, "EXACT_MAX_SAMPLES", 100)
+    monkeypatch.setattr(nb, "_CELL_SIZE", 100)
+    searched = []
+    original = nb._search
+    monkeypatch.setattr(
+        nb,
+        "_search",
+        lambda X, k, device=None: searched.append(X.shape[0]) or original(X, k, device),
+    )
+    X = sp.random(400, 6, density=0.5, format="csr", random_state=0)
+    got = nearest_neighbors(X, 4, random_state=0, device="cuda")
+    # The CPU's search and the CPU's limits: partitioned, as without a device.
+    assert calls == [] and len(searched) > 1 and max(searched) < 400
+    np.testing.assert_array_equal(got, nearest_neighbors(X, 4, random_state=0))
+
+
+def test_background_search_uses_the_callers_cuda_device(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(nb, "nearest_neighbors", lambda X, k, **kw: seen.update(kw))
+    nb.nearest_neighbors_in_background(np.zeros((5, 2)), 2, device="cuda").result()
+    assert seen["device"] == torch.device("cuda", 1)
+    nb.nearest_neighbors_in_background(np.zeros((5, 2)), 2, device="cuda:0").result()
+    assert seen["device"] == torch.device("cuda", 0)
+    nb.nearest_neighbors_in_background(np.zeros((5, 2)), 2, device="cpu").result()
+    assert seen["device"] is None
