@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -633,7 +634,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             strategy=self.batch_selection,
             warmup_epochs=warmup,
             ramp_end=ramp_end,
-            neighbors=self._neighbors(X_train),
+            # Started after the sampler has chosen where its record lives.
+            neighbors=functools.partial(self._neighbors, X_train),
             label_context=self.label_context,
             history_size=self.history_size,
             flip_decay=self.flip_decay,

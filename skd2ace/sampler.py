@@ -44,11 +44,13 @@ class D2ACEBatchSampler(Sampler):
     warmup_epochs, ramp_end : int or None
         ``e_w`` and ``e_m`` (METHOD.md §6–7); None gives ``round(0.1·T)`` and
         ``round(0.7·T)``.
-    neighbors : ndarray of shape (N, k), Future of one, or None
+    neighbors : ndarray of shape (N, k), Future of one, callable, or None
         Nearest other instances of each instance, for the local label context.
         A :class:`concurrent.futures.Future` (a search running in a background
         thread) is waited for at the end of the warm-up, when the context is
-        first needed.
+        first needed. A callable is called without arguments once the record is
+        allocated (so a search it starts on the GPU does not count against the
+        record's memory check) and returns either.
     label_context : {'local', 'global', 'none'}, default='local'
         ``Z`` from the neighbours, ``Z ≡ 1``, or no correlation enhancement.
     history_size, flip_decay, fluctuation_weight, weight_mean, weight_std,
@@ -170,6 +172,8 @@ class D2ACEBatchSampler(Sampler):
             )
         if strategy == "d2ace":
             if label_context == "local":
+                if callable(neighbors):
+                    neighbors = neighbors()
                 if neighbors is None:
                     neighbors = np.empty((self.n_samples, 0), dtype=np.intp)
                 if hasattr(neighbors, "result"):

@@ -282,3 +282,20 @@ def test_device_record_on_cuda_matches_the_numpy_record():
     E, H = device.metrics()
     np.testing.assert_allclose(E.cpu().numpy(), host.uncertainty, rtol=0, atol=2e-6)
     np.testing.assert_allclose(H.cpu().numpy(), host.hardness, rtol=0, atol=2e-6)
+
+
+def test_neighbour_search_starts_after_the_record_is_placed(monkeypatch):
+    import skd2ace._classifier as module
+
+    order = []
+    monkeypatch.setattr(sampler, "use_device_selection", lambda *a: order.append("record") or False)
+    original = module.nearest_neighbors_in_background
+    monkeypatch.setattr(
+        module,
+        "nearest_neighbors_in_background",
+        lambda *a, **k: order.append("search") or original(*a, **k),
+    )
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((50, 4)), (rng.random((50, 3)) < 0.4).astype(int)
+    D2ACEMultiLabelClassifier(max_epochs=2, hidden_layer_sizes=(4,), random_state=0).fit(X, Y)
+    assert order == ["record", "search"]
