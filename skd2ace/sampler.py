@@ -281,9 +281,12 @@ class D2ACEBatchSampler(Sampler):
         """Record a training batch: row indices, probabilities and elementwise loss.
 
         Accepts numpy arrays or torch tensors (moved to host memory, or to the
-        device when the bookkeeping runs there). With
-        ``copy=False`` the record keeps them by reference until it applies them
-        (the caller must not modify them afterwards).
+        device when the bookkeeping runs there). Probabilities must lie in
+        [0, 1] (the estimator passes sigmoids; not checked, to keep recording
+        cheap: a change above 1 would not fit the host record's 16-bit steps).
+        An instance repeated within the batch gets its rows as consecutive
+        predictions. With ``copy=False`` the record keeps them by reference until
+        it applies them (the caller must not modify them afterwards).
         """
         if self.record_ is None:
             return
