@@ -24,6 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._record import check_batch_indices
 from .selection import NonFiniteScoresWarning, effective_sample_size
 
 _CHANGE_SCALE = 65535.0
@@ -33,10 +34,11 @@ _P_CLIP = 1e-7
 class DeviceRecord:
     """:class:`~skd2ace._record.TrainingRecord`'s state as torch tensors on ``device``.
 
-    Every recorded batch must hold distinct instances (the D2ACE sampler's batches
-    always do): it is applied at once by scatters. E and H are computed for all rows
-    when read. State per (instance, label): newest probability, flip EMA, latest loss
-    (float32 each) and ``W − 1`` quantised changes (int32: uint16 lacks device kernels).
+    A batch of distinct instances (the D2ACE sampler's always are) is applied at once
+    by scatters; one that repeats instances in rounds of distinct ones. E and H are
+    computed for all rows when read. State per (instance, label): newest probability,
+    flip EMA, latest loss (float32 each) and ``max(W − 1, 1)`` quantised changes
+    (int32: uint16 lacks device kernels).
     """
 
     on_device = True
@@ -77,7 +79,7 @@ class DeviceRecord:
         if idx.numel() == 0:
             return
         dev = self.device
-        rounds = _rounds_of_distinct(idx)
+        rounds = _rounds_of_distinct(idx, self.n_samples)
         idx = idx.to(dev, torch.long, non_blocking=True)
         proba, loss = proba.to(dev, torch.float32), loss.to(dev, torch.float32)
         if rounds is None:
@@ -152,7 +154,7 @@ class DeviceRecord:
         p = self.last.clamp(_P_CLIP, 1.0 - _P_CLIP)
         entropy = torch.log2(p)
         entropy *= p
-        p.neg_().add_(1.0)  # now q = 1 − p
+        p.neg_().add_(1.0)  # reused for 1 − p: one N × q buffer fewer at the peak
         term = torch.log2(p)
         term *= p
         del p
@@ -183,10 +185,12 @@ def _tensor(x) -> torch.Tensor:
     return torch.from_numpy(np.array(x))
 
 
-def _rounds_of_distinct(idx: torch.Tensor) -> list[np.ndarray] | None:
+def _rounds_of_distinct(idx: torch.Tensor, n_samples: int) -> list[np.ndarray] | None:
     """Row positions in rounds of distinct instances (the k-th occurrences in round
-    k), or None when every instance occurs once."""
+    k), or None when every instance occurs once. Indices are range-checked here, on
+    the host."""
     values = idx.cpu().numpy()
+    check_batch_indices(values, n_samples)
     order = np.argsort(values, kind="stable")
     ordered = values[order]
     first = np.r_[True, ordered[1:] != ordered[:-1]]

@@ -393,6 +393,19 @@ class TrainingRecord:
         return state
 
 
+def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
+    """Raise ``IndexError`` unless every instance index lies in ``[0, n_samples)``.
+
+    Checked when a batch is recorded: numpy would wrap a negative index to another
+    instance, an index past the end would fail later in the background worker, and
+    on a CUDA device it would break the CUDA context.
+    """
+    if values.size and (values.min() < 0 or values.max() >= n_samples):
+        raise IndexError(
+            f"instance indices must lie in [0, {n_samples}), got {values.min()}..{values.max()}"
+        )
+
+
 def _carry_forward(values, bad, stored, starts, group) -> None:
     """Replace ``bad`` entries of sorted rows in place by the last good value before
     them in the same instance's rows, else by the instance's ``stored`` value."""

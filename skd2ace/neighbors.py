@@ -14,7 +14,14 @@ from threadpoolctl import threadpool_limits
 
 from . import _background
 
-__all__ = ["EXACT_MAX_SAMPLES", "nearest_neighbors", "nearest_neighbors_in_background"]
+__all__ = [
+    "DEVICE_EXACT_MAX_SAMPLES",
+    "DEVICE_EXACT_MAX_WORK",
+    "EXACT_MAX_SAMPLES",
+    "EXACT_MAX_WORK",
+    "nearest_neighbors",
+    "nearest_neighbors_in_background",
+]
 
 #: Up to this many instances the search is exact...
 EXACT_MAX_SAMPLES = 20000
@@ -127,7 +134,9 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     to the cores torch leaves free, at least one: an OpenMP team spinning on the
     core that trains slowed both by 2–3× on a 2-core machine. A fork of the process
     (DataLoader worker processes) waits for running searches first. The result
-    does not depend on timing.
+    does not depend on timing. With a CUDA ``device`` the search runs there (see
+    :func:`nearest_neighbors`); a bare ``'cuda'`` means the caller's current CUDA
+    device, not the search thread's.
 
     Examples
     --------
@@ -207,7 +216,8 @@ def _exact_on_device(X, k: int, device, block_bytes: int = 2**28) -> np.ndarray:
     ``X`` (dense, any real dtype) is copied to the device as it is and centred there
     in float64 blocks, then kept as float32 (as :func:`_search` does on the host).
     """
-    source = torch.from_numpy(np.ascontiguousarray(X)).to(device)
+    # A read-only or strided X is copied (torch.from_numpy warns on read-only arrays).
+    source = torch.from_numpy(np.require(X, requirements=["C", "W"])).to(device)
     n, d = source.shape
     mean = source.sum(0, dtype=torch.float64) / n
     X = torch.empty((n, d), dtype=torch.float32, device=source.device)

@@ -11,9 +11,16 @@ import torch
 from torch.utils.data import Sampler
 
 from . import _background, _device_selection, selection
-from ._record import TrainingRecord
+from ._record import TrainingRecord, check_batch_indices
 
-__all__ = ["BATCH_SELECTIONS", "LABEL_CONTEXTS", "D2ACEBatchSampler"]
+__all__ = [
+    "BATCH_SELECTIONS",
+    "DEVICE_SELECTION_MIN_LABELS",
+    "LABEL_CONTEXTS",
+    "D2ACEBatchSampler",
+    "device_selection_bytes",
+    "use_device_selection",
+]
 
 #: Strategies understood by :class:`D2ACEBatchSampler` (``batch_selection``).
 BATCH_SELECTIONS = ("d2ace", "random")
@@ -293,7 +300,9 @@ class D2ACEBatchSampler(Sampler):
         if getattr(self.record_, "on_device", False):
             self.record_.update(idx, proba, loss)  # tensors stay where they are
             return
-        self.record_.update(_numpy(idx), _numpy(proba), _numpy(loss), copy=copy)
+        idx = _numpy(idx)
+        check_batch_indices(idx, self.n_samples)
+        self.record_.update(idx, _numpy(proba), _numpy(loss), copy=copy)
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""
@@ -336,17 +345,18 @@ class D2ACEBatchSampler(Sampler):
 #: Fewest labels for which :func:`use_device_selection` keeps D2ACE's bookkeeping on a
 #: CUDA device by default. Measured on an H200 (docs/performance.md): at q = 14 the device
 #: path took 1.43x the host path's fit time (kernel launches per batch cost more than the
-#: host's tiny updates), at q = 100 the same, at q = 983 0.53x.
+#: host's tiny updates), at q = 100 1.03x (even), at q = 983 0.53x.
 DEVICE_SELECTION_MIN_LABELS = 256
 
 
 def device_selection_bytes(n_samples: int, n_labels: int, history_size: int = 5) -> int:
     """Device memory D2ACE's bookkeeping takes on a CUDA device, state and planning.
 
-    Per (instance, label): the record (3 float32 + ``W − 1`` int32 changes), the dense
-    labels and context (float32 each) and planning's peak (E, H and the masked
-    products: 16 bytes measured, 24 allowed); per label pair, planning's q × q
-    correlation matrices (15.5 bytes measured, 24 allowed).
+    Per (instance, label): the record (3 float32 + ``max(W − 1, 1)`` int32 changes:
+    28 bytes at the default ``W = 5``), the dense labels and context (float32 each)
+    and planning's peak (E, H and the masked products: 16 bytes measured, 24
+    allowed); per label pair, planning's q × q correlation matrices (15.5 bytes
+    measured, 24 allowed).
     """
     per_value = 4 * (3 + max(history_size - 1, 1)) + 8 + 24
     return n_samples * n_labels * per_value + 24 * n_labels * n_labels
@@ -356,20 +366,31 @@ def use_device_selection(device, n_samples: int, n_labels: int, history_size: in
     """Whether D2ACE's bookkeeping runs on the network's ``device`` instead of the host.
 
     Only for CUDA devices. ``SKD2ACE_DEVICE_SELECTION`` decides: ``auto`` (the default)
-    when there are at least :data:`DEVICE_SELECTION_MIN_LABELS` labels and
-    :func:`device_selection_bytes` fits in half of the device's free memory, ``1``
-    always on CUDA, ``0`` never.
+    when CUDA is available, there are at least :data:`DEVICE_SELECTION_MIN_LABELS`
+    labels and :func:`device_selection_bytes` fits in half of the device's free
+    memory (this process's cached blocks counted as free); ``1`` always on CUDA (a
+    ``ValueError`` when CUDA is not available); ``0`` never.
     """
     choice = os.environ.get("SKD2ACE_DEVICE_SELECTION", "auto").strip().lower()
     if choice not in ("auto", "0", "1"):
         raise ValueError(f"SKD2ACE_DEVICE_SELECTION must be 'auto', '1' or '0', got {choice!r}")
     if device is None or choice == "0" or torch.device(device).type != "cuda":
         return False
+    if not torch.cuda.is_available():
+        if choice == "1":
+            raise ValueError(
+                f"SKD2ACE_DEVICE_SELECTION=1 asks for the bookkeeping on device={device!r}, "
+                "but CUDA is not available"
+            )
+        return False
     if choice == "1":
         return True
     if n_labels < DEVICE_SELECTION_MIN_LABELS:
         return False
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    device = torch.device(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    # Blocks torch's allocator caches for this process are free for the record too.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return device_selection_bytes(n_samples, n_labels, history_size) <= free // 2
 
 

@@ -188,6 +188,18 @@ def test_batch_inputs_outside_autograd_and_any_array_layout():
     record.metrics()
 
 
+@pytest.mark.parametrize("on_device", [False, True])
+def test_indices_out_of_range_raise_when_recorded(monkeypatch, on_device):
+    # numpy would wrap -1 to the last instance; on a CUDA device 5 breaks the context.
+    monkeypatch.setattr(sampler, "use_device_selection", lambda *a: on_device)
+    s = sampler.D2ACEBatchSampler(np.eye(5, dtype=int), batch_size=2, max_epochs=3, device="cpu")
+    for idx in ([0, 5], [-1, 2]):
+        with pytest.raises(IndexError, match=r"instance indices must lie in \[0, 5\)"):
+            s.record(np.array(idx), np.full((2, 5), 0.5, np.float32), np.ones((2, 5), np.float32))
+    s.record_.flush()
+    assert int(np.asarray(s.record_.seen).sum()) == 0
+
+
 def test_record_saved_on_a_missing_device_loads_on_the_cpu(monkeypatch):
     record = DeviceRecord(10, 3, device="cpu")
     record.update(torch.arange(4), torch.rand(4, 3), torch.rand(4, 3))
@@ -222,8 +234,12 @@ def test_warm_started_estimator_pickles_and_continues(on_cpu):
 
 @pytest.fixture
 def free_gpu_memory(monkeypatch):
-    free = {"bytes": 80 * 2**30}
+    """A pretend CUDA machine: free memory, and this process's cached blocks."""
+    free = {"bytes": 80 * 2**30, "cached": 0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2**40))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2**30 + free["cached"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2**30)
     return free
 
 
@@ -243,6 +259,8 @@ def test_device_selection_auto_needs_cuda_many_labels_and_memory(monkeypatch, fr
     assert use_device_selection("cuda", 10**6, 1000)
     free_gpu_memory["bytes"] = 2 * need - 1  # the model keeps at least half of what is free
     assert not use_device_selection("cuda", 10**6, 1000)
+    free_gpu_memory["cached"] = 1  # blocks torch caches for this process count as free
+    assert use_device_selection("cuda", 10**6, 1000)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +279,17 @@ def test_device_selection_environment_variable(
     assert use_device_selection("cuda", 2417, 14) is cuda_few_labels
     assert use_device_selection("cuda", 16105, 983) is cuda_many
     assert use_device_selection("cpu", 16105, 983) is cpu
+
+
+def test_device_selection_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "auto")
+    assert not use_device_selection("cuda", 16105, 983)  # the host path, as before
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "1")
+    with pytest.raises(ValueError, match=r"SKD2ACE_DEVICE_SELECTION=1 .* CUDA is not available"):
+        use_device_selection("cuda", 10, 3)
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")
+    assert not use_device_selection("cuda", 16105, 983)
 
 
 def test_device_selection_environment_variable_is_checked(monkeypatch):

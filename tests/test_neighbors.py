@@ -300,3 +300,26 @@ def test_background_search_uses_the_callers_cuda_device(monkeypatch):
     assert seen["device"] == torch.device("cuda", 0)
     nb.nearest_neighbors_in_background(np.zeros((5, 2)), 2, device="cpu").result()
     assert seen["device"] is None
+
+
+def test_device_search_stays_exact_beyond_the_cpu_limits(monkeypatch):
+    calls = _device_route(monkeypatch)
+    monkeypatch.setattr(nb, "EXACT_MAX_SAMPLES", 100)
+    monkeypatch.setattr(nb, "EXACT_MAX_WORK", 1)
+    monkeypatch.setattr(nb, "_CELL_SIZE", 100)
+    X = np.random.default_rng(9).normal(size=(400, 6))
+    got = nearest_neighbors(X, 4, device="cuda")
+    assert calls == [(400, 6)]  # one exact search of all rows, on the device
+    expected = NearestNeighbors(n_neighbors=4).fit(X).kneighbors(return_distance=False)
+    np.testing.assert_array_equal(got, expected)
+    calls.clear()
+    nearest_neighbors(X, 4, random_state=0)  # the CPU: partitioned under these limits
+    assert calls == []
+
+
+def test_device_search_takes_read_only_input_without_a_warning(recwarn):
+    X = np.random.default_rng(10).normal(size=(50, 4))
+    X.flags.writeable = False
+    got = nb._exact_on_device(X, 3, torch.device("cpu"))
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+    np.testing.assert_array_equal(got, nearest_neighbors(X, 3))
