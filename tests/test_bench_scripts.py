@@ -61,3 +61,12 @@ def test_bench_neighbors_prints_host_and_device_times():
     cells = [cell.strip() for cell in rows[-1].strip("|").split("|")]
     assert cells[:3] == ["600", "8", "normal"]
     assert all(float(cell) > 0 for cell in cells[3:6])  # host s, device s, host/device
+
+
+def test_gpu_check_script_is_valid_bash_and_names_existing_files():
+    script = BENCHMARKS / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for name in re.findall(r"\$here/([\w./]+\.py)", text):
+        assert (BENCHMARKS / name).resolve().exists(), name
+    assert "bench_overhead.py" in text and "test_device_selection.py" in text

@@ -1,0 +1,18 @@
+#!/bin/bash
+# The GPU checks of docs/performance.md ("D2ACE's bookkeeping on the GPU") as one script,
+# about 5 minutes on an H200: the CUDA tests, the neighbour search on the device, and
+# delicious / yeast fit times with the bookkeeping chosen by the rule (auto) and on the host.
+# Needs the MULAN files in $SKD2ACE_DATA (delicious, yeast). Logs go to $OUT (default: .).
+export PYTHONUNBUFFERED=1
+out=${OUT:-.}
+here=$(cd "$(dirname "$0")" && pwd)
+nvidia-smi -L
+python3 -c "import torch, sklearn, numpy, skorch; print(torch.__version__, sklearn.__version__, numpy.__version__, skorch.__version__, torch.cuda.is_available())"
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="-ra" \
+    "$here/../tests/test_device.py" "$here/../tests/test_device_selection.py" \
+    "$here/../tests/test_neighbors.py" 2>&1 | tail -n 8 | tee "$out/gpu_tests.txt"
+timeout 60 python3 "$here/bench_neighbors.py" --device cuda 2>&1 | tail -n 6 | tee "$out/gpu_knn.txt"
+for flag in auto 0; do
+  SKD2ACE_DEVICE_SELECTION=$flag timeout 150 python3 "$here/bench_overhead.py" --device cuda \
+      --cases yeast delicious --repeats 2 2>&1 | tail -n 8 | tee "$out/gpu_fit_$flag.txt"
+done
