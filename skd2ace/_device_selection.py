@@ -202,12 +202,20 @@ def _rounds_of_distinct(idx: torch.Tensor, n_samples: int) -> list[np.ndarray] |
     return [np.flatnonzero(occurrence == k) for k in range(occurrence.max() + 1)]
 
 
+def cuda_problem(device: torch.device) -> str | None:
+    """Why tensors cannot be put on the CUDA ``device`` in this process, or None."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available (use device='cpu')"
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        return f"only {torch.cuda.device_count()} CUDA device(s) are available"
+    return None
+
+
 def _available(device: torch.device) -> bool:
     """Whether tensors can be put on ``device`` in this process."""
     if device.type != "cuda":
         return device.type == "cpu"
-    index = 0 if device.index is None else device.index
-    return torch.cuda.is_available() and index < torch.cuda.device_count()
+    return cuda_problem(device) is None
 
 
 def as_device_matrix(Y, device) -> torch.Tensor:

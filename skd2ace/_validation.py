@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import check_random_state, check_scalar
 
+from ._device_selection import cuda_problem
 from .modules import MLP
 from .sampler import BATCH_SELECTIONS, LABEL_CONTEXTS
 
@@ -159,16 +160,9 @@ def _check_device(requested) -> None:
         parsed = torch.device(requested)
     except RuntimeError as exc:
         raise ValueError(f"device={requested!r} is not a torch device: {exc}") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={requested!r} was requested but CUDA is not available (use device='cpu')"
-            )
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={requested!r} was requested but only "
-                f"{torch.cuda.device_count()} CUDA device(s) are available"
-            )
+    problem = cuda_problem(parsed) if parsed.type == "cuda" else None
+    if problem is not None:
+        raise ValueError(f"device={requested!r} was requested but {problem}")
 
 
 def check_float32_range(X) -> None:

@@ -369,25 +369,26 @@ def use_device_selection(device, n_samples: int, n_labels: int, history_size: in
     when CUDA is available, there are at least :data:`DEVICE_SELECTION_MIN_LABELS`
     labels and :func:`device_selection_bytes` fits in half of the device's free
     memory (this process's cached blocks counted as free); ``1`` always on CUDA (a
-    ``ValueError`` when CUDA is not available); ``0`` never.
+    ``ValueError`` when CUDA or that device is not available); ``0`` never.
     """
     choice = os.environ.get("SKD2ACE_DEVICE_SELECTION", "auto").strip().lower()
     if choice not in ("auto", "0", "1"):
         raise ValueError(f"SKD2ACE_DEVICE_SELECTION must be 'auto', '1' or '0', got {choice!r}")
     if device is None or choice == "0" or torch.device(device).type != "cuda":
         return False
-    if not torch.cuda.is_available():
+    device = torch.device(device)
+    problem = _device_selection.cuda_problem(device)
+    if problem is not None:
         if choice == "1":
             raise ValueError(
                 f"SKD2ACE_DEVICE_SELECTION=1 asks for the bookkeeping on device={device!r}, "
-                "but CUDA is not available"
+                f"but {problem}"
             )
         return False
     if choice == "1":
         return True
     if n_labels < DEVICE_SELECTION_MIN_LABELS:
         return False
-    device = torch.device(device)
     free, _ = torch.cuda.mem_get_info(device)
     # Blocks torch's allocator caches for this process are free for the record too.
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -234,9 +234,10 @@ def test_warm_started_estimator_pickles_and_continues(on_cpu):
 
 @pytest.fixture
 def free_gpu_memory(monkeypatch):
-    """A pretend CUDA machine: free memory, and this process's cached blocks."""
+    """A pretend machine with 2 GPUs: free memory, and this process's cached blocks."""
     free = {"bytes": 80 * 2**30, "cached": 0}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2**40))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2**30 + free["cached"])
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2**30)
@@ -290,6 +291,14 @@ def test_device_selection_without_cuda(monkeypatch):
         use_device_selection("cuda", 10, 3)
     monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")
     assert not use_device_selection("cuda", 16105, 983)
+
+
+def test_device_selection_on_a_missing_cuda_index(monkeypatch, free_gpu_memory):
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "auto")
+    assert not use_device_selection("cuda:5", 16105, 983)  # the host path
+    monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "1")
+    with pytest.raises(ValueError, match=r"only 2 CUDA device\(s\) are available"):
+        use_device_selection("cuda:5", 10, 3)
 
 
 def test_device_selection_environment_variable_is_checked(monkeypatch):
