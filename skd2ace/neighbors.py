@@ -130,9 +130,10 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     """:func:`nearest_neighbors` in a background thread; returns its Future.
 
     The search's BLAS and OpenMP kernels and torch's top-k release the GIL, so it
-    runs while the caller trains. Its OpenMP kernels (scikit-learn's) are limited
-    to the cores torch leaves free, at least one: an OpenMP team spinning on the
-    core that trains slowed both by 2–3× on a 2-core machine. A fork of the process
+    runs while the caller trains. Its OpenMP kernels (scikit-learn's) and, while
+    it runs, the process's BLAS are limited to the cores training leaves free, at
+    least one: an OpenMP team spinning on the core that trains slowed both by 2–3×
+    on a 2-core machine. A fork of the process
     (DataLoader worker processes) waits for running searches first. The result
     does not depend on timing. With a CUDA ``device`` the search runs there (see
     :func:`nearest_neighbors`); a bare ``'cuda'`` means the caller's current CUDA
@@ -144,15 +145,19 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     >>> nearest_neighbors_in_background(X, 1).result().ravel().tolist()
     [1, 0, 1, 2]
     """
-    free = max(1, _background.free_cores())
+    free = max(1, _background.free_cores(device))
     device = _cuda(device)
     if device is not None and device.index is None:
         # The current CUDA device is per thread: the search uses the caller's.
         device = torch.device("cuda", torch.cuda.current_device())
 
     def search():
-        # threadpoolctl's OpenMP limit is per calling thread: the trainer keeps its own.
-        with threadpool_limits(limits=free, user_api="openmp"):
+        # OpenMP limits are per calling thread (the trainer keeps its own). OpenBLAS's
+        # is process-wide (threadpoolctl lets one thread at a time set it, so a limit
+        # the caller holds wins) and matters as much: its threads spin after each
+        # call, and on a 2-core machine with torch's default 2 threads a 2-thread BLAS
+        # search made yeast d2ace fits ~60 ms (10%) longer.
+        with threadpool_limits(limits=free):
             return nearest_neighbors(X, k, random_state=random_state, device=device)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")

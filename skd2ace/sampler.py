@@ -213,7 +213,7 @@ class D2ACEBatchSampler(Sampler):
             e, self.warmup_epochs, self.ramp_end, self.mixture_start, self.mixture_end
         )
         info = {"selection_pressure": pressure, "mixture_weight": mixture}
-        if getattr(self.record_, "on_device", False):
+        if self.record_.on_device:
             return self._plan_on_device(e, n_batches, info)
         if e < self.warmup_epochs:
             record = self.record_
@@ -297,7 +297,7 @@ class D2ACEBatchSampler(Sampler):
         """
         if self.record_ is None:
             return
-        if getattr(self.record_, "on_device", False):
+        if self.record_.on_device:
             self.record_.update(idx, proba, loss)  # tensors stay where they are
             return
         idx = _numpy(idx)

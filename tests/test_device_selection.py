@@ -193,9 +193,16 @@ def test_indices_out_of_range_raise_when_recorded(monkeypatch, on_device):
     # numpy would wrap -1 to the last instance; on a CUDA device 5 breaks the context.
     monkeypatch.setattr(sampler, "use_device_selection", lambda *a: on_device)
     s = sampler.D2ACEBatchSampler(np.eye(5, dtype=int), batch_size=2, max_epochs=3, device="cpu")
-    for idx in ([0, 5], [-1, 2]):
+    cases = [(idx, dtype) for idx in ([0, 5], [-1, 2]) for dtype in (np.int64, np.int32, np.int8)]
+    for idx, dtype in [*cases, ([0, 5], np.uint16)]:
         with pytest.raises(IndexError, match=r"instance indices must lie in \[0, 5\)"):
-            s.record(np.array(idx), np.full((2, 5), 0.5, np.float32), np.ones((2, 5), np.float32))
+            s.record(
+                np.array(idx, dtype=dtype),
+                np.full((2, 5), 0.5, np.float32),
+                np.ones((2, 5), np.float32),
+            )
+    with pytest.raises(IndexError, match="must lie"):  # a torch tensor, as the net passes
+        s.record(torch.tensor([-1, 0]), torch.full((2, 5), 0.5), torch.ones(2, 5))
     s.record_.flush()
     assert int(np.asarray(s.record_.seen).sum()) == 0
 

@@ -156,6 +156,46 @@ def test_background_search_limits_its_own_openmp_threads_only(monkeypatch):
     assert openmp_threads() == before  # the calling thread keeps its own limit
 
 
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_background_search_limits_blas_to_the_free_cores_while_it_runs(monkeypatch):
+    import skd2ace.neighbors as module
+    from skd2ace import _background
+
+    seen = {}
+    original = module.nearest_neighbors
+
+    def spy(*args, **kwargs):
+        seen["threads"] = _blas_threads()
+        return original(*args, **kwargs)
+
+    before = _blas_threads()
+    assert before  # numpy's OpenBLAS
+    free = 1 if max(before) > 1 else 2  # a limit that differs from the current one
+    monkeypatch.setattr(module, "nearest_neighbors", spy)
+    monkeypatch.setattr(_background, "free_cores", lambda device=None: free)
+    X = np.random.default_rng(0).random((50, 3))
+    got = module.nearest_neighbors_in_background(X, 4, random_state=0).result()
+    assert seen["threads"] == [free] * len(before)
+    assert _blas_threads() == before  # restored when the search ends
+    np.testing.assert_array_equal(got, original(X, 4))
+
+
+def test_background_search_counts_the_cores_its_training_device_leaves_free(monkeypatch):
+    from skd2ace import _background
+
+    seen = []
+    monkeypatch.setattr(_background, "free_cores", lambda device=None: seen.append(device) or 1)
+    monkeypatch.setattr(nb, "nearest_neighbors", lambda X, k, **kw: None)
+    for device in ("cpu", "cuda:0"):  # on a GPU, all cores but the one driving it
+        nb.nearest_neighbors_in_background(np.zeros((5, 2)), 2, device=device).result()
+    assert seen == ["cpu", "cuda:0"]
+
+
 _FORKING_FITS = """
 import numpy as np
 from skd2ace import D2ACEMultiLabelClassifier
