@@ -15,10 +15,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
-__all__ = ["free_cores", "submit"]
+__all__ = ["available_cores", "free_cores", "submit"]
 
 _RUNNING: set[Future] = set()
 _RUNNING_LOCK = threading.Lock()
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1  # pragma: no cover - macOS, Windows
 
 
 def free_cores(device=None) -> int:
@@ -27,10 +34,7 @@ def free_cores(device=None) -> int:
     On the CPU, training takes torch's intra-op threads; on a GPU (``device`` a CUDA
     device), only the thread that drives it (torch's CPU threads then wait).
     """
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:  # pragma: no cover - macOS, Windows
-        cores = os.cpu_count() or 1
+    cores = available_cores()
     if device is not None and torch.device(device).type == "cuda":
         return max(0, cores - 1)
     return max(0, cores - torch.get_num_threads())

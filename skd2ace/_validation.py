@@ -95,6 +95,7 @@ def check_params(est) -> dict:
         check_scalar(est.patience, "patience", numbers.Integral, min_val=1)
     check_real(est.threshold, "threshold", min_val=0, max_val=1)
     check_scalar(est.num_workers, "num_workers", numbers.Integral, min_val=0)
+    _check_torch_threads(est.torch_threads)
     optimizer = est.optimizer
     if isinstance(optimizer, str):
         if optimizer not in OPTIMIZERS:
@@ -129,6 +130,17 @@ def check_params(est) -> dict:
         "optimizer": optimizer,
         "module": module,
     }
+
+
+def _check_torch_threads(threads) -> None:
+    message = f"torch_threads must be 'auto', an int >= 1 or None, got {threads!r}"
+    if isinstance(threads, str):
+        if threads != "auto":
+            raise ValueError(message)
+    elif threads is not None:
+        if isinstance(threads, (bool, np.bool_)):
+            raise TypeError(message)
+        check_scalar(threads, "torch_threads", numbers.Integral, min_val=1)
 
 
 def _check_hidden_layer_sizes(hidden_layer_sizes) -> None:

@@ -335,6 +335,8 @@ def test_make_model_scalers_and_pairing():
     assert dense[-1].random_state == sparse[-1].random_state == 7
     assert dense[-1].selection_pressure == 3.0 and dense[-1].lr == 0.01
     assert sparse[-1].batch_selection == "random"
+    # Both strategies train with the job's torch threads (no 'auto' for d2ace alone).
+    assert dense[-1].torch_threads is None and sparse[-1].torch_threads is None
 
 
 def test_run_fold_sparse_input():

@@ -421,6 +421,8 @@ def _protocol_params(strategy: str, random_state: int, config: BenchmarkConfig) 
         "verbose": config.verbose,
         "batch_selection": strategy,
         "random_state": random_state,
+        # The job sets torch's threads (torch_threads, n_jobs) for both strategies alike.
+        "torch_threads": None,
     }
 
 
