@@ -267,6 +267,11 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         self.verbose = verbose
 
     # ------------------------------------------------------------------ sklearn API
+    def __setstate__(self, state):
+        # Pickles made before a parameter existed get its default (get_params, clone
+        # and continued training read every parameter).
+        super().__setstate__({"torch_threads": "auto", **state})
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True

@@ -250,6 +250,19 @@ def test_pickles_made_before_the_callbacks_moved_to_the_net_module_load(data):
     np.testing.assert_array_equal(restored.partial_fit(X, Y).predict_proba(X), expected)
 
 
+def test_pickles_made_before_torch_threads_existed_load_with_its_default(data):
+    from sklearn.base import clone
+
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(**FAST, warm_start=True, random_state=0).fit(X, Y)
+    expected = pickle.loads(pickle.dumps(clf)).partial_fit(X, Y).predict_proba(X)
+    del clf.torch_threads  # as in a pickle of an earlier version
+    restored = pickle.loads(pickle.dumps(clf))
+    assert restored.get_params()["torch_threads"] == "auto"
+    assert clone(restored).torch_threads == "auto"
+    np.testing.assert_array_equal(restored.partial_fit(X, Y).predict_proba(X), expected)
+
+
 def test_fitted_estimators_keep_no_validation_rows(data):
     from skd2ace._net import ValidationRows
 
