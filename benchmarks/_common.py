@@ -70,13 +70,18 @@ def median(values) -> float:
 
 
 def estimator(strategy: str, epochs: int, warmup: int | None = None, **kwargs):
+    # torch_threads=None: every loop trains with the threads set_threads set (the
+    # estimator's 'auto' would give d2ace one fewer than 'random' on all cores).
     return D2ACEMultiLabelClassifier(
-        max_epochs=epochs,
-        warmup_epochs=warmup,
-        batch_selection=strategy,
-        validation_fraction=None,
-        random_state=0,
-        **kwargs,
+        **{
+            "max_epochs": epochs,
+            "warmup_epochs": warmup,
+            "batch_selection": strategy,
+            "validation_fraction": None,
+            "random_state": 0,
+            "torch_threads": None,
+            **kwargs,
+        }
     )
 
 

@@ -145,13 +145,15 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         DataLoader worker processes for training batches.
     torch_threads : 'auto', int or None, default='auto'
         torch's intra-op threads while ``fit``, ``partial_fit`` and ``initialize``
-        run (restored afterwards; torch's setting is process-wide). 'auto': when
-        D2ACE selects batches on the CPU and torch's threads take every core,
-        one thread fewer, so that a core is left for D2ACE's bookkeeping and
-        neighbour search, which then overlap training (on 2 cores with torch's
-        default 2 threads: fits ~25% faster at 30 000 × 100, as fast at yeast
-        size; see docs/performance.md); otherwise unchanged. An int: that many
-        threads. None: torch's setting as it is.
+        run, restored afterwards (torch's ``set_num_threads``: the fitting thread's
+        setting, also inherited by threads that first use torch meanwhile).
+        'auto': when D2ACE selects batches on the CPU and torch's threads take
+        every core, one thread fewer, so that a core is left for D2ACE's
+        bookkeeping and neighbour search, which then overlap training (on 2 cores
+        with torch's default 2 threads: fits ~20% faster at 30 000 × 100, as fast
+        at yeast size; see docs/performance.md); otherwise unchanged. An int: that
+        many threads. None: torch's setting as it is. The thread count can change
+        the last bits of the results (float reductions).
     warm_start : bool, default=False
         True makes ``fit`` on a fitted estimator continue training (network,
         selection state and schedules) for another ``max_epochs`` epochs, and keeps
@@ -747,8 +749,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
     @contextlib.contextmanager
     def _training_threads(self):
         """torch's intra-op threads as ``torch_threads`` asks for the block, then
-        restored. Fits in threads of one process take turns for the whole block
-        (torch's setting is process-wide, like its random generators)."""
+        restored. Fits in threads of one process take turns for the whole block, as
+        for torch's random generators (other threads inherit the setting when they
+        first use torch)."""
         with _torch_rng_turn():
             previous = torch.get_num_threads()
             threads = self._resolve_torch_threads(previous)

@@ -140,7 +140,7 @@ def _check_torch_threads(threads) -> None:
     elif threads is not None:
         if isinstance(threads, (bool, np.bool_)):
             raise TypeError(message)
-        check_scalar(threads, "torch_threads", numbers.Integral, min_val=1)
+        check_scalar(threads, "torch_threads", numbers.Integral, min_val=1, max_val=2**31 - 1)
 
 
 def _check_hidden_layer_sizes(hidden_layer_sizes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -30,6 +31,10 @@ EXACT_MAX_SAMPLES = 20000
 EXACT_MAX_WORK = 2**34
 # Partition cells hold about this many instances: each exact search inside a cell
 # costs cell² distances, the whole search about N·cell.
+# Background searches run one at a time: each sets the process-wide BLAS limit and
+# restores what it found, which an overlapping search would have found lowered (and
+# restored to 1 for good). They would compete for the same free cores anyway.
+_BACKGROUND_SEARCH = threading.Lock()
 _CELL_SIZE = 2048
 # From this many features on, one float32 matrix product plus torch's top-k beats
 # scikit-learn's chunked search (measured, 1 thread: 2417 × 103 in 32 ms instead of 45;
@@ -132,8 +137,9 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     The search's BLAS and OpenMP kernels and torch's top-k release the GIL, so it
     runs while the caller trains. Its OpenMP kernels (scikit-learn's) and, while
     it runs, the process's BLAS are limited to the cores training leaves free, at
-    least one: an OpenMP team spinning on the core that trains slowed both by 2–3×
-    on a 2-core machine. A fork of the process
+    least one (unless another thread holds a threadpoolctl BLAS limit, which
+    then wins): an OpenMP team spinning on the core that trains slowed both by
+    2–3× on a 2-core machine. Background searches run one at a time. A fork of the process
     (DataLoader worker processes) waits for running searches first. The result
     does not depend on timing. With a CUDA ``device`` the search runs there (see
     :func:`nearest_neighbors`); a bare ``'cuda'`` means the caller's current CUDA
@@ -154,10 +160,10 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     def search():
         # OpenMP limits are per calling thread (the trainer keeps its own). OpenBLAS's
         # is process-wide (threadpoolctl lets one thread at a time set it, so a limit
-        # the caller holds wins) and matters as much: its threads spin after each
+        # another thread holds wins) and matters as much: its threads spin after each
         # call, and on a 2-core machine with torch's default 2 threads a 2-thread BLAS
         # search made yeast d2ace fits ~60 ms (10%) longer.
-        with threadpool_limits(limits=free):
+        with _BACKGROUND_SEARCH, threadpool_limits(limits=free):
             return nearest_neighbors(X, k, random_state=random_state, device=device)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skd2ace-neighbors")

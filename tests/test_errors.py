@@ -237,6 +237,7 @@ BAD_PARAMS = [
     ({"label_weight_std": np.nan}, ValueError, "label_weight_std must be a finite"),
     ({"num_workers": -1}, ValueError, "num_workers == -1"),
     ({"torch_threads": 0}, ValueError, "torch_threads == 0, must be >= 1"),
+    ({"torch_threads": 2**40}, ValueError, "torch_threads == 1099511627776, must be <="),
     ({"torch_threads": "all"}, ValueError, "torch_threads must be 'auto', an int"),
     ({"torch_threads": True}, TypeError, "torch_threads must be 'auto', an int"),
     ({"torch_threads": 2.0}, TypeError, "torch_threads must be an instance of"),

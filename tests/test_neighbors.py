@@ -185,6 +185,30 @@ def test_background_search_limits_blas_to_the_free_cores_while_it_runs(monkeypat
     np.testing.assert_array_equal(got, original(X, 4))
 
 
+def test_overlapping_background_searches_restore_the_blas_limit(monkeypatch):
+    import time
+
+    import skd2ace.neighbors as module
+    from skd2ace import _background
+
+    before = _blas_threads()
+    free = 1 if max(before) > 1 else 2
+    monkeypatch.setattr(_background, "free_cores", lambda device=None: free)
+    seen = []
+
+    def slow(X, k, **kwargs):
+        seen.append(_blas_threads())
+        time.sleep(0.2)  # the second search starts while the first runs
+
+    monkeypatch.setattr(module, "nearest_neighbors", slow)
+    first = module.nearest_neighbors_in_background(np.zeros((5, 2)), 2)
+    time.sleep(0.05)
+    second = module.nearest_neighbors_in_background(np.zeros((5, 2)), 2)
+    first.result(), second.result()
+    assert seen == [[free] * len(before)] * 2
+    assert _blas_threads() == before  # not the first search's limit, for good
+
+
 def test_background_search_counts_the_cores_its_training_device_leaves_free(monkeypatch):
     from skd2ace import _background
 
