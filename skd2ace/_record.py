@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -190,17 +191,23 @@ class TrainingRecord:
             Elementwise loss of the same pass.
         copy : bool, default=True
             False keeps the three arrays by reference until they are applied (the
-            caller must not modify them): no copy on the training thread.
+            caller must not modify them): no copy on the training thread. CPU
+            torch tensors (not requiring grad) are then kept as they are and
+            converted, their indices checked, when the queue is applied (in the
+            background worker when there is one).
         """
-        idx = np.array(idx, dtype=np.intp, copy=copy or None).ravel()
-        rows = idx.size
+        if not copy and _lazy_tensors(idx, proba, loss):
+            idx = idx.reshape(-1)
+        else:
+            idx = np.array(idx, dtype=np.intp, copy=copy or None).ravel()
+            proba = np.array(proba, dtype=np.float32, copy=copy or None)
+            loss = np.array(loss, dtype=np.float32, copy=copy or None)
+        rows = idx.shape[0]
         expected = (rows, self.n_labels)
-        proba = np.array(proba, dtype=np.float32, copy=copy or None)
-        loss = np.array(loss, dtype=np.float32, copy=copy or None)
-        if proba.shape != expected or loss.shape != expected:
+        if tuple(proba.shape) != expected or tuple(loss.shape) != expected:
             raise ValueError(
                 f"a batch of {rows} rows needs probabilities and losses of shape {expected}, "
-                f"got {proba.shape} and {loss.shape}"
+                f"got {tuple(proba.shape)} and {tuple(loss.shape)}"
             )
         if rows == 0:
             return
@@ -270,10 +277,12 @@ class TrainingRecord:
         """Apply queued batches ``(idx, proba, loss)``, in order."""
         n = sum(len(batch[0]) for batch in queue)
         work = self._scratch(n)
+        # The batches' arrays, or CPU tensors kept by reference (converted here).
         idx, proba, loss = (
             np.concatenate([batch[k] for batch in queue], out=work[name][:n])
             for k, name in enumerate(("idx", "proba", "loss"))
         )
+        check_batch_indices(idx, self.n_samples)
         # Sorted by instance (stable: training order within an instance), the
         # gathers and scatters below sweep the state in address order: after a
         # training step it is out of cache, and random rows cost a miss each.
@@ -415,6 +424,16 @@ def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
         raise IndexError(
             f"instance indices must lie in [0, {n_samples}), got {values.min()}..{values.max()}"
         )
+
+
+def _lazy_tensors(*values) -> bool:
+    """Whether all ``values`` are CPU torch tensors numpy can read without a copy
+    from autograd (kept as they are until their queue is applied)."""
+    torch = sys.modules.get("torch")  # tensors exist only where torch is imported
+    return torch is not None and all(
+        isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.requires_grad
+        for v in values
+    )
 
 
 def _carry_forward(values, bad, stored, starts, group) -> None:

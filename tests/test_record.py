@@ -554,6 +554,44 @@ def test_record_copies_batches_unless_told_not_to(background):
     np.testing.assert_array_equal(copied.uncertainty, shared.uncertainty)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_cpu_tensors_kept_by_reference_give_the_same_record(background):
+    # The net's batches (CPU tensors, copy=False) are converted when their queue is
+    # applied: the same state as converting each batch when recorded.
+    rng = np.random.default_rng(3)
+    kwargs = {"history_size": 3, "flush_every": 10, "background": background}
+    lazy, eager = TrainingRecord(7, 2, **kwargs), TrainingRecord(7, 2, **kwargs)
+    kept = []
+    for _ in range(30):
+        idx = torch.as_tensor(rng.choice(7, 3, replace=True))  # repeats within a batch
+        proba = torch.rand(3, 2, generator=torch.Generator().manual_seed(int(idx.sum())))
+        loss = torch.rand(3, 2)
+        lazy.update(idx, proba, loss, copy=False)
+        kept.append(any(batch[1] is proba for batch in lazy._queue))
+        eager.update(idx.numpy(), proba.numpy(), loss.numpy())
+    assert any(kept)  # the tensor itself, until its queue is applied
+    for name in ("uncertainty", "hardness"):
+        np.testing.assert_array_equal(getattr(lazy, name), getattr(eager, name))
+    np.testing.assert_array_equal(lazy.seen, eager.seen)
+    lazy.close(), eager.close()
+
+
+def test_sampler_checks_the_indices_of_tensors_kept_by_reference_when_applied():
+    s = D2ACEBatchSampler(np.eye(4, dtype=int), batch_size=2, max_epochs=3)
+    s.record(torch.tensor([0, 1]), torch.full((2, 4), 0.5), torch.ones(2, 4), copy=False)
+    s.record(torch.tensor([-1, 2]), torch.full((2, 4), 0.5), torch.ones(2, 4), copy=False)
+    with pytest.raises(IndexError, match=r"instance indices must lie in \[0, 4\)"):
+        s.record_.flush()
+    assert int(s.record_.seen.sum()) == 0  # nothing of the queue applied
+    # Tensors that require grad cannot be read later: converted (and checked) at once.
+    logits = torch.zeros(2, 4, requires_grad=True)
+    with pytest.raises(IndexError, match="must lie"):
+        s.record(torch.tensor([4, 0]), torch.sigmoid(logits), logits * 0 + 1, copy=False)
+    s.record(torch.tensor([3, 0]), torch.sigmoid(logits), logits * 0 + 1, copy=False)
+    s.record_.flush()
+    assert s.record_.seen.tolist() == [1, 0, 0, 1]
+
+
 def test_record_applies_a_queue_of_many_tiny_batches():
     # One row, one label per batch: the queue is applied every 512 batches, not
     # after 2**18 of them (each queued batch keeps three small arrays alive).
