@@ -324,9 +324,20 @@ class TrainingRecord:
         m = unique.size
         stored = np.take(self.last, unique, axis=0, out=work["stored"][:m])
         # Non-finite probabilities repeat the prediction before them and NaN losses
-        # keep the loss before them (a transiently diverged batch); checked once.
-        if not np.isfinite(proba).all():
-            _carry_forward(proba, ~np.isfinite(proba), stored, starts, group)
+        # keep the loss before them (a transiently diverged batch); probabilities
+        # outside [0, 1] (logits passed by mistake) would wrap in the 16-bit changes:
+        # an error, before anything is written. One min and max (NaN shows in both)
+        # cost what an isfinite pass did.
+        if not (proba.min() >= 0.0 and proba.max() <= 1.0):
+            bad = ~np.isfinite(proba)
+            if bad.any():
+                _carry_forward(proba, bad, stored, starts, group)
+            low, high = proba.min(), proba.max()
+            if low < 0.0 or high > 1.0:
+                raise ValueError(
+                    "recorded probabilities must lie in [0, 1], got values in "
+                    f"[{low:.4g}, {high:.4g}] (logits instead of probabilities?)"
+                )
         if np.isnan(loss).any():
             _carry_forward(loss, np.isnan(loss), self.loss[unique], starts, group)
 

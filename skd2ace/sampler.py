@@ -289,8 +289,10 @@ class D2ACEBatchSampler(Sampler):
 
         Accepts numpy arrays or torch tensors (moved to host memory, or to the
         device when the bookkeeping runs there). Probabilities must lie in
-        [0, 1] (the estimator passes sigmoids; not checked, to keep recording
-        cheap: a change above 1 would not fit the host record's 16-bit steps).
+        [0, 1] (the estimator passes sigmoids): on the host, values outside raise
+        ``ValueError`` when the batch's queue is applied (the epoch's end, or a
+        later batch), before any of that queue is recorded; on the device they
+        are not checked (a check would wait for the GPU at every batch).
         An instance repeated within the batch gets its rows as consecutive
         predictions. With ``copy=False`` the record keeps them by reference until
         it applies them (the caller must not modify them afterwards); CPU tensors

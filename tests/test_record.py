@@ -592,6 +592,25 @@ def test_sampler_checks_the_indices_of_tensors_kept_by_reference_when_applied():
     assert s.record_.seen.tolist() == [1, 0, 0, 1]
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_probabilities_outside_the_unit_interval_raise_when_applied(background):
+    record = TrainingRecord(4, 2, flush_every=4, background=background)
+    record.update([0, 1], np.full((2, 2), 0.5), np.ones((2, 2)))
+    record.flush()
+    before = record.uncertainty.copy()
+    logits = np.array([[2.5, -1.0], [0.2, np.nan]])  # NaN alone would be carried forward
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[-1, 2.5\]"):
+        record.update([2, 3], logits, np.ones((2, 2)))  # a full queue: applied here,
+        record.flush()  # or by the worker, whose error the next wait raises
+    np.testing.assert_array_equal(record.uncertainty, before)  # nothing of it recorded
+    assert record.seen.tolist() == [1, 1, 0, 0]
+    record.update([2], [[1.0, 0.0]], [[0.1, 0.1]])  # the bounds themselves are fine
+    record.update([3], [[np.nan, 0.3]], [[0.1, 0.1]])
+    record.flush()
+    assert record.seen.tolist() == [1, 1, 1, 1]
+    record.close()
+
+
 def test_record_applies_a_queue_of_many_tiny_batches():
     # One row, one label per batch: the queue is applied every 512 batches, not
     # after 2**18 of them (each queued batch keeps three small arrays alive).
