@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_overhead.py --cases yeast delicious synthetic-100000-100 \\
         synthetic-1000000-20 --repeats 3
     python benchmarks/bench_overhead.py --device cuda         # all three loops on a GPU
+    python benchmarks/bench_overhead.py --threads default     # as a user gets it (below)
 
 Every number is a median over ``--repeats`` fits in this process, after one warm-up fit
 (the first torch optimizer in a process costs a one-off import). Ratios compare runs of
@@ -17,6 +18,12 @@ in the same repeats),
 background thread during the warm-up epochs), ``random / torch`` the framework's
 (skorch) overhead over a hand-written loop. Large cases train few epochs
 (``max_epochs=5, warmup_epochs=2``: selection is active in 3 of them).
+
+``--threads N`` runs all three loops with torch and BLAS on ``N`` threads (the
+estimators with ``torch_threads=None``); ``--threads default`` leaves torch's and the
+BLAS libraries' own defaults and the estimators' ``torch_threads='auto'``: what a
+user's ``fit`` gets (on a machine where torch takes every core, D2ACE fits then train
+with one thread fewer than 'random' and the plain loop).
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from _common import (
 )
 
 
-def measure(case: str, repeats: int, epochs: int | None, device: str = "cpu") -> dict:
+def measure(
+    case: str, repeats: int, epochs: int | None, device: str = "cpu", torch_threads=None
+) -> dict:
     X, Y = load(case)
     big = X.shape[0] > 20000
     epochs = epochs or (5 if big else 30)
@@ -45,7 +54,9 @@ def measure(case: str, repeats: int, epochs: int | None, device: str = "cpu") ->
 
     def fit(strategy):
         def run():
-            estimator(strategy, epochs, warmup, device=device).fit(X, Y)
+            estimator(strategy, epochs, warmup, device=device, torch_threads=torch_threads).fit(
+                X, Y
+            )
             synchronize(device)
 
         return run
@@ -87,20 +98,39 @@ def paired_range(numerator: list[float], denominator: list[float]) -> str:
     return f"{min(ratios):.2f}–{max(ratios):.2f}"
 
 
+def _threads(value: str):
+    if value == "default":
+        return value
+    threads = int(value)
+    if threads < 1:
+        raise argparse.ArgumentTypeError("must be >= 1 or 'default'")
+    return threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["yeast"])
-    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
+    parser.add_argument(
+        "--threads",
+        type=_threads,
+        default=1,
+        help="torch/BLAS threads (default 1), or 'default': the libraries' and the "
+        "estimator's own settings",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=None, help="default: 30, 5 when N > 20000")
     parser.add_argument(
         "--device", default="cpu", help="torch device of all three loops (e.g. cuda)"
     )
     args = parser.parse_args()
-    set_threads(args.threads)
+    if args.threads == "default":
+        torch_threads = "auto"
+    else:
+        set_threads(args.threads)
+        torch_threads = None
     rows = []
     for case in args.cases:
-        rows.append(measure(case, args.repeats, args.epochs, args.device))
+        rows.append(measure(case, args.repeats, args.epochs, args.device, torch_threads))
         print(table(rows[-1:], list(rows[-1])), flush=True)
     columns = ["case", "N", "q", "epochs", "torch s", "random s", "d2ace s"]
     columns += ["d2ace/random", "paired range", "cpu d2ace/random", "d2ace/torch"]

@@ -35,6 +35,14 @@ def test_bench_overhead_prints_ratios():
     assert "peak resident memory" in out
 
 
+def test_bench_overhead_runs_with_the_libraries_default_threads():
+    out = run(
+        "bench_overhead.py",
+        *("--cases", "synthetic-400-4", "--repeats", "1", "--epochs", "3", "--threads", "default"),
+    )
+    assert any(line.startswith("| synthetic-400-4") for line in out.splitlines())
+
+
 def test_bench_selection_prints_stages_and_bytes():
     out = run("bench_selection.py", "--sizes", "500x4", "1000x4", "--repeats", "1")
     rows = [line for line in out.splitlines() if line.startswith("| 1000 | 4 |")]
