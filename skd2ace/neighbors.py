@@ -29,12 +29,12 @@ EXACT_MAX_SAMPLES = 20000
 #: ...unless it would cost more than this many N²·d distance terms (delicious, 16 105 × 500,
 #: takes ~15 s single-threaded exactly, ~2 s partitioned).
 EXACT_MAX_WORK = 2**34
-# Partition cells hold about this many instances: each exact search inside a cell
-# costs cell² distances, the whole search about N·cell.
 # Background searches run one at a time: each sets the process-wide BLAS limit and
 # restores what it found, which an overlapping search would have found lowered (and
 # restored to 1 for good). They would compete for the same free cores anyway.
 _BACKGROUND_SEARCH = threading.Lock()
+# Partition cells hold about this many instances: each exact search inside a cell
+# costs cell² distances, the whole search about N·cell.
 _CELL_SIZE = 2048
 # From this many features on, one float32 matrix product plus torch's top-k beats
 # scikit-learn's chunked search (measured, 1 thread: 2417 × 103 in 32 ms instead of 45;
@@ -139,8 +139,8 @@ def nearest_neighbors_in_background(X, k: int, *, random_state=None, device=None
     it runs, the process's BLAS are limited to the cores training leaves free, at
     least one (unless another thread holds a threadpoolctl BLAS limit, which
     then wins): an OpenMP team spinning on the core that trains slowed both by
-    2–3× on a 2-core machine. Background searches run one at a time. A fork of the process
-    (DataLoader worker processes) waits for running searches first. The result
+    2–3× on a 2-core machine. Background searches run one at a time. A fork of
+    the process (DataLoader worker processes) waits for running searches first. The result
     does not depend on timing. With a CUDA ``device`` the search runs there (see
     :func:`nearest_neighbors`); a bare ``'cuda'`` means the caller's current CUDA
     device, not the search thread's.
