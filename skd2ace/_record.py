@@ -229,14 +229,16 @@ class TrainingRecord:
     def close(self, *, apply: bool = True) -> None:
         """Stop the background thread, if any, after applying everything queued
         (``apply=False``: after the queue it is applying; the rest is dropped)."""
-        if apply:
-            self.flush()
-        else:
-            self._wait()  # still raises its error
-            self._queue, self._filled = [], 0
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        try:
+            if apply:
+                self.flush()
+            else:
+                self._wait()  # still raises its error
+                self._queue, self._filled = [], 0
+        finally:  # the thread stops also when a queue's error is raised here
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
 
     def _dispatch(self) -> None:
         """Apply the full queue: in the background, or here."""
@@ -267,7 +269,10 @@ class TrainingRecord:
                 if not (pending.done() and pending.exception() is exc):
                     raise  # interrupted here (Ctrl-C), not an error of the worker
                 self._pending.pop(0)
-                for later in self._pending:  # applied to a broken state: drop the results
+                # Later queues were applied after it (a queue checks its batches before
+                # writing anything, so the failed one left the state as it was); their
+                # own errors, if any, are not raised on top of this one.
+                for later in self._pending:
                     later.exception()
                 self._pending = []
                 raise
@@ -332,11 +337,13 @@ class TrainingRecord:
             bad = ~np.isfinite(proba)
             if bad.any():
                 _carry_forward(proba, bad, stored, starts, group)
-            low, high = proba.min(), proba.max()
+            low, high = float(proba.min()), float(proba.max())
             if low < 0.0 or high > 1.0:
+                outside = np.count_nonzero((proba < 0.0) | (proba > 1.0))
                 raise ValueError(
-                    "recorded probabilities must lie in [0, 1], got values in "
-                    f"[{low:.4g}, {high:.4g}] (logits instead of probabilities?)"
+                    f"recorded probabilities must lie in [0, 1]: {outside} of this queue's "
+                    f"lie outside (min {low!r}, max {high!r}; logits instead of "
+                    "probabilities?)"
                 )
         if np.isnan(loss).any():
             _carry_forward(loss, np.isnan(loss), self.loss[unique], starts, group)
@@ -437,13 +444,22 @@ def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
         )
 
 
-def _lazy_tensors(*values) -> bool:
-    """Whether all ``values`` are CPU torch tensors numpy can read without a copy
-    from autograd (kept as they are until their queue is applied)."""
+def _lazy_tensors(idx, proba, loss) -> bool:
+    """Whether a batch is CPU torch tensors of the net's dtypes (int64 indices,
+    float32 values) that numpy reads as they are, so that they can be kept until
+    their queue is applied; anything else is converted when recorded."""
     torch = sys.modules.get("torch")  # tensors exist only where torch is imported
-    return torch is not None and all(
-        isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.requires_grad
-        for v in values
+    if torch is None:
+        return False
+    tensors = (idx, proba, loss)
+    return (
+        all(isinstance(t, torch.Tensor) for t in tensors)
+        and idx.dtype == torch.int64
+        and proba.dtype == loss.dtype == torch.float32
+        and all(
+            t.device.type == "cpu" and not (t.requires_grad or t.is_neg() or t.is_conj())
+            for t in tensors
+        )
     )
 
 

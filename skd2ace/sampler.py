@@ -296,8 +296,9 @@ class D2ACEBatchSampler(Sampler):
         An instance repeated within the batch gets its rows as consecutive
         predictions. With ``copy=False`` the record keeps them by reference until
         it applies them (the caller must not modify them afterwards); CPU tensors
-        are then converted, and their indices checked, only when applied (an
-        ``IndexError`` comes from that batch's epoch end or a later batch).
+        of the net's dtypes (int64 indices, float32 values) are then converted, and
+        their indices checked, only when applied (an ``IndexError`` comes from that
+        batch's epoch end, a later batch, or pickling the sampler).
         """
         if self.record_ is None:
             return
@@ -315,13 +316,17 @@ class D2ACEBatchSampler(Sampler):
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""
-        if self.record_ is not None:
-            self.record_.close(apply=False)  # what is still queued would be dropped anyway
-        self.record_ = None
-        self.context_ = None
-        self._pending_neighbors = None
-        self.labels = None
-        self._device_labels = self._device_context = None
+        try:
+            if self.record_ is not None:
+                # What is still queued would be dropped anyway; a background queue's
+                # error is still raised, after everything is released.
+                self.record_.close(apply=False)
+        finally:
+            self.record_ = None
+            self.context_ = None
+            self._pending_neighbors = None
+            self.labels = None
+            self._device_labels = self._device_context = None
 
     def _resolve_context(self) -> None:
         """Wait for a neighbour search still running in the background, if any."""

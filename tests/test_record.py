@@ -576,6 +576,34 @@ def test_cpu_tensors_kept_by_reference_give_the_same_record(background):
     lazy.close(), eager.close()
 
 
+def test_only_tensors_of_the_nets_dtypes_are_kept_by_reference():
+    s = D2ACEBatchSampler(np.eye(2, dtype=int).repeat(3, axis=0), batch_size=2, max_epochs=3)
+    proba, loss = torch.full((2, 2), 0.5), torch.ones(2, 2)
+    s.record(torch.tensor([0, 1]), proba, loss, copy=False)
+    assert s.record_._queue[-1][1] is proba
+    others = [
+        (torch.tensor([0, 1], dtype=torch.int32), proba, loss),
+        (torch.tensor([0, 1]), proba.double(), loss),
+        (torch.tensor([0, 1]), proba, torch.full((2, 2), -1.0)._neg_view()),  # lazy negation
+    ]
+    for idx, values, losses in others:
+        s.record(idx, values, losses, copy=False)
+        assert isinstance(s.record_._queue[-1][1], np.ndarray)  # converted when recorded
+    s.record_.flush()
+    assert s.record_.seen.tolist() == [4, 4, 0, 0, 0, 0]
+    np.testing.assert_allclose(s.record_.loss[:2], 1.0)  # the negated view read as +1
+
+
+def test_release_after_a_background_error_raises_it_and_still_releases():
+    s = D2ACEBatchSampler(np.eye(4, dtype=int), batch_size=2, max_epochs=3)
+    s.record_.background, s.record_.flush_every = True, 8
+    s.record(torch.tensor([-1, 2]), torch.full((2, 4), 0.5), torch.ones(2, 4), copy=False)
+    record = s.record_
+    with pytest.raises(IndexError, match="must lie"):
+        s.release()
+    assert s.record_ is None and record._executor is None
+
+
 def test_sampler_checks_the_indices_of_tensors_kept_by_reference_when_applied():
     s = D2ACEBatchSampler(np.eye(4, dtype=int), batch_size=2, max_epochs=3)
     s.record(torch.tensor([0, 1]), torch.full((2, 4), 0.5), torch.ones(2, 4), copy=False)
@@ -599,7 +627,9 @@ def test_probabilities_outside_the_unit_interval_raise_when_applied(background):
     record.flush()
     before = record.uncertainty.copy()
     logits = np.array([[2.5, -1.0], [0.2, np.nan]])  # NaN alone would be carried forward
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[-1, 2.5\]"):
+    with pytest.raises(
+        ValueError, match=r"\[0, 1\]: 2 of this queue's lie outside \(min -1.0, max 2.5;"
+    ):
         record.update([2, 3], logits, np.ones((2, 2)))  # a full queue: applied here,
         record.flush()  # or by the worker, whose error the next wait raises
     np.testing.assert_array_equal(record.uncertainty, before)  # nothing of it recorded
