@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import Sampler
 
-from . import _background, _device_selection, _record, selection
+from . import _background, _device_selection, selection
 from ._record import TrainingRecord, check_batch_indices
 
 __all__ = [
@@ -295,24 +295,24 @@ class D2ACEBatchSampler(Sampler):
         are not checked (a check would wait for the GPU at every batch).
         An instance repeated within the batch gets its rows as consecutive
         predictions. With ``copy=False`` the record keeps them by reference until
-        it applies them (the caller must not modify them afterwards); CPU tensors
-        of the net's dtypes (int64 indices, float32 values) are then converted, and
-        their indices checked, only when applied (an ``IndexError`` comes from that
-        batch's epoch end, a later batch, or pickling the sampler).
+        it applies them (the caller must not modify them afterwards), and their
+        indices are checked only then (an ``IndexError`` comes from that batch's
+        epoch end, a later batch, or pickling the sampler); CPU tensors of the net's
+        dtypes (int64 indices, float32 values) are also converted only then.
         """
         if self.record_ is None:
             return
         if self.record_.on_device:
             self.record_.update(idx, proba, loss)  # tensors stay where they are
             return
-        if not copy and _record._lazy_tensors(idx, proba, loss):
-            # Converted and checked when applied: per batch, the training thread only
-            # queues them (the net's batches; ~8 ms less per yeast fit).
+        if not copy:
+            # The record keeps the net's tensors as they are (converted and checked
+            # when applied: ~8 ms less per yeast fit) and converts anything else.
             self.record_.update(idx, proba, loss, copy=False)
             return
         idx = _numpy(idx)
         check_batch_indices(idx, self.n_samples)
-        self.record_.update(idx, _numpy(proba), _numpy(loss), copy=copy)
+        self.record_.update(idx, _numpy(proba), _numpy(loss))
 
     def release(self) -> None:
         """Drop the recorded state (O(N·q) memory) once training is over."""

@@ -611,10 +611,12 @@ def test_sampler_checks_the_indices_of_tensors_kept_by_reference_when_applied():
     with pytest.raises(IndexError, match=r"instance indices must lie in \[0, 4\)"):
         s.record_.flush()
     assert int(s.record_.seen.sum()) == 0  # nothing of the queue applied
-    # Tensors that require grad cannot be read later: converted (and checked) at once.
+    # Tensors that require grad are converted at once (detached), checked when applied.
     logits = torch.zeros(2, 4, requires_grad=True)
+    s.record(torch.tensor([4, 0]), torch.sigmoid(logits), logits * 0 + 1, copy=False)
+    assert isinstance(s.record_._queue[-1][1], np.ndarray)
     with pytest.raises(IndexError, match="must lie"):
-        s.record(torch.tensor([4, 0]), torch.sigmoid(logits), logits * 0 + 1, copy=False)
+        s.record_.flush()
     s.record(torch.tensor([3, 0]), torch.sigmoid(logits), logits * 0 + 1, copy=False)
     s.record_.flush()
     assert s.record_.seen.tolist() == [1, 0, 0, 1]
