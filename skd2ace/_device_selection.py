@@ -6,8 +6,9 @@ one CPU thread, which at delicious size sets the pace of a GPU fit (d2ace/random
 H200, 1.45 with this module; docs/performance.md). With few labels the host path is faster
 (yeast: this module's per-batch kernels cost 1.43x the host path's fit time). Here the
 state lives in device memory, each batch is applied by a few dozen elementwise kernels
-that queue behind the training step, and the epoch's distribution is computed there
-too; only ``P`` (N floats) comes back to the host, where
+that queue behind the training step, and the epoch's correlation-enhanced scores are
+computed there too; only the scores (N floats per pool) come back to the host, where
+:func:`skd2ace.selection.rank_probabilities` ranks them and
 :func:`skd2ace.selection.draw_batches` draws the batches.
 
 The formulas are those of :mod:`skd2ace.selection` and :class:`skd2ace._record.TrainingRecord`
@@ -25,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from ._record import check_batch_indices
-from .selection import NonFiniteScoresWarning, effective_sample_size
+from .selection import effective_sample_size, rank_probabilities
 
 _CHANGE_SCALE = 65535.0
 _P_CLIP = 1e-7
@@ -244,34 +245,6 @@ def label_weights(
     return torch.exp(a * mean + b * var.sqrt())
 
 
-def rank_probabilities(scores: torch.Tensor, pressure: float) -> torch.Tensor:
-    """:func:`skd2ace.selection.rank_probabilities` on a float64 tensor."""
-    a = scores.to(torch.float64)
-    n = a.numel()
-    if n == 0:
-        return a
-    low, high = a.min(), a.max()
-    if not bool(torch.isfinite(low) & torch.isfinite(high)):
-        warnings.warn(
-            "instance scores are not finite (has the model diverged?); "
-            "using uniform sampling probabilities this epoch",
-            NonFiniteScoresWarning,
-            stacklevel=2,
-        )
-        return torch.full_like(a, 1.0 / n)
-    span = high - low
-    if not bool(torch.isfinite(span)):
-        a_hat = (a / 2 - low / 2) / (high / 2 - low / 2)
-    elif bool(span > 0):
-        a_hat = (a - low) / span
-    else:
-        a_hat = torch.zeros_like(a)
-    kappa = torch.ceil(n * (1.0 - a_hat) - 1e-9).clamp(1, n)
-    logits = -(kappa / n) * math.log(pressure)
-    p = torch.exp(logits - logits.max())
-    return p / p.sum()
-
-
 def d2ace_distribution(
     E: torch.Tensor,
     H: torch.Tensor,
@@ -310,9 +283,12 @@ def d2ace_distribution(
             del corr
             scores = scores + (masked @ vC).mul_(context).sum(1)
             del masked
+        # The ranks of N scores are cheap anywhere and P is drawn from on the host:
+        # the functional core ranks them there.
+        scores = scores.to(torch.float64).cpu().numpy()
         pools.append(share * rank_probabilities(scores, pressure))
-    P = torch.stack(pools).sum(0)
-    P = (P / P.sum()).cpu().numpy()
+    P = np.sum(pools, axis=0)
+    P /= P.sum()
     info = {
         "label_weights_uncertainty": weights[0],
         "label_weights_hardness": weights[1],
