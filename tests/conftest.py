@@ -30,3 +30,20 @@ def mulan_home() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return home
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The distributions batch samplers draw their epochs' batches from, in order
+    (``skd2ace.selection.draw_batches`` is spied on, and still draws)."""
+    from skd2ace import selection
+
+    seen = []
+    original = selection.draw_batches
+
+    def draw(p, *args):
+        seen.append(p)
+        return original(p, *args)
+
+    monkeypatch.setattr(selection, "draw_batches", draw)
+    return seen

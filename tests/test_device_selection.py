@@ -96,15 +96,7 @@ def on_cpu(monkeypatch):
     monkeypatch.setattr(sampler, "use_device_selection", lambda device, *shape: device is not None)
 
 
-def test_sampler_plans_like_the_numpy_sampler(on_cpu, monkeypatch):
-    drawn = []  # the distribution each sampler draws its batches from
-    original = selection.draw_batches
-
-    def draw(p, *args):
-        drawn.append(p)
-        return original(p, *args)
-
-    monkeypatch.setattr(selection, "draw_batches", draw)
+def test_sampler_plans_like_the_numpy_sampler(on_cpu, drawn):
     rng = np.random.default_rng(1)
     Y = (rng.random((80, 5)) < 0.4).astype(int)
     neighbors = rng.integers(0, 80, (80, 3))

@@ -265,7 +265,7 @@ def test_sampler_epochs(label_context):
 
 
 @pytest.mark.parametrize("dynamic", [True, False])
-def test_sampler_draws_from_the_epoch_distribution(monkeypatch, dynamic):
+def test_sampler_draws_from_the_epoch_distribution(drawn, dynamic):
     # Every selecting epoch's batches come from the D2ACE distribution of that epoch's
     # inputs and non-default settings (pressure, label-weight coefficients, mixture,
     # window), checked against the reference implementation.
@@ -288,14 +288,6 @@ def test_sampler_draws_from_the_epoch_distribution(monkeypatch, dynamic):
     )
     assert (sampler.record_.history_size, sampler.record_.flip_decay) == (3, 0.4)
     assert sampler.record_.lam == 0.3
-    drawn = []
-    original = selection.draw_batches
-
-    def draw(p, *args):
-        drawn.append(p)
-        return original(p, *args)
-
-    monkeypatch.setattr(selection, "draw_batches", draw)
     rng = np.random.default_rng(1)
     Z = ref.local_label_context(Y, nbrs)
     for e in range(T):
