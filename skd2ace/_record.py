@@ -192,9 +192,10 @@ class TrainingRecord:
         copy : bool, default=True
             False keeps the three arrays by reference until they are applied (the
             caller must not modify them): no copy on the training thread. CPU
-            torch tensors (not requiring grad) are then kept as they are and
-            converted, their indices checked, when the queue is applied (in the
-            background worker when there is one).
+            torch tensors of the net's dtypes (int64 indices, float32 values, not
+            requiring grad) are then kept as they are and converted when the queue
+            is applied (in the background worker when there is one). Indices are
+            checked when the queue is applied.
         """
         if not copy and _lazy_tensors(idx, proba, loss):
             idx = idx.reshape(-1)
