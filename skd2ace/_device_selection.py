@@ -26,7 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from ._record import check_batch_indices
-from .selection import effective_sample_size, rank_probabilities
+from .selection import _argsort_indices, effective_sample_size, rank_probabilities
 
 _CHANGE_SCALE = 65535.0
 _P_CLIP = 1e-7
@@ -192,7 +192,7 @@ def _rounds_of_distinct(idx: torch.Tensor, n_samples: int) -> list[np.ndarray] |
     the host."""
     values = idx.cpu().numpy()
     check_batch_indices(values, n_samples)
-    order = np.argsort(values, kind="stable")
+    order = _argsort_indices(values, n_samples)
     ordered = values[order]
     first = np.r_[True, ordered[1:] != ordered[:-1]]
     if first.all():

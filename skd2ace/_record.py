@@ -153,8 +153,11 @@ class TrainingRecord:
     def _write_metrics(self, rows, last, flip, loss, seen) -> None:
         """Write ``E`` and ``H`` of the instances ``rows`` from their state (``last``,
         ``flip``, ``loss``, ``seen``: that state's rows, in the same order)."""
-        pairs = np.clip(seen - 1, 1, self.slots).astype(np.float32)
-        scale = (np.float32(1.0 / _CHANGE_SCALE) / pairs)[:, None]
+        # The changes' scale, 1/65535 over the pairs in the window (seen − 1, at least
+        # 1, at most W − 1), looked up by min(seen, W): np.clip on the rows costs 4×.
+        pairs = [min(max(k - 1, 1), self.slots) for k in range(self.slots + 2)]
+        scales = np.float32(1.0 / _CHANGE_SCALE) / np.array(pairs, dtype=np.float32)
+        scale = scales[np.minimum(seen, self.slots + 1)][:, None]
         # In blocks of at most 2**15 values: larger temporaries, once freed, are
         # handed back to the OS by malloc and cost page faults again at the next
         # block (10× the arithmetic on this VM).
@@ -281,18 +284,18 @@ class TrainingRecord:
 
     def _apply_queue(self, queue: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
         """Apply queued batches ``(idx, proba, loss)``, in order."""
-        n = sum(len(batch[0]) for batch in queue)
+        n = sum(batch[0].shape[0] for batch in queue)
         work = self._scratch(n)
         # The batches' arrays, or CPU tensors kept by reference (converted here).
         idx, proba, loss = (
-            np.concatenate([batch[k] for batch in queue], out=work[name][:n])
+            _concatenate([batch[k] for batch in queue], work[name][:n])
             for k, name in enumerate(("idx", "proba", "loss"))
         )
         check_batch_indices(idx, self.n_samples)
         # Sorted by instance (stable: training order within an instance), the
         # gathers and scatters below sweep the state in address order: after a
         # training step it is out of cache, and random rows cost a miss each.
-        order = np.argsort(idx, kind="stable")
+        order = selection._argsort_indices(idx, self.n_samples)
         inst = idx[order]
         first = work["first"][:n]
         first[0] = True
@@ -466,6 +469,17 @@ def _lazy_tensors(idx, proba, loss) -> bool:
         and not (idx.requires_grad or proba.requires_grad or loss.requires_grad)
         and not (idx.is_neg() or proba.is_neg() or loss.is_neg())
     )
+
+
+def _concatenate(parts: list, out: np.ndarray) -> np.ndarray:
+    """Concatenate a queue's arrays or CPU tensors (of ``out``'s dtype) into ``out``."""
+    torch = sys.modules.get("torch")
+    if torch is not None and all(type(part) is torch.Tensor for part in parts):
+        # One call into torch: numpy reads each tensor through __array__ (yeast's 19
+        # batches: 6.6 against 29 µs).
+        torch.cat(parts, out=torch.from_numpy(out))
+        return out
+    return np.concatenate(parts, out=out)
 
 
 def to_host(x):

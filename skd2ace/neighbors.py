@@ -14,6 +14,7 @@ from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
 from . import _background
+from .selection import _argsort_indices
 
 __all__ = [
     "DEVICE_EXACT_MAX_SAMPLES",
@@ -118,7 +119,7 @@ def nearest_neighbors(
         n_clusters=n_cells, n_init=1, max_iter=20, batch_size=4096, random_state=seed
     ).fit(X[np.sort(sample)])
     cells = kmeans.predict(X)
-    order = np.argsort(cells, kind="stable")
+    order = _argsort_indices(cells, n_cells)
     bounds = np.r_[0, np.cumsum(np.bincount(cells, minlength=n_cells))]
     neighbors = np.empty((n, k), dtype=np.intp)
     for cell in range(n_cells):  # one exact search per cell (≈ N / 2048 of them)

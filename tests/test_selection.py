@@ -845,3 +845,18 @@ def test_correlation_terms_of_an_empty_metric(products):
     M, Y = np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int8)
     np.testing.assert_array_equal(selection.label_correlation(M, Y), np.zeros((3, 3)))
     assert selection.instance_scores(M, Y, Y, np.ones(3), np.zeros((3, 3))).shape == (0,)
+
+
+@pytest.mark.parametrize("bound", [3, 2**16, 2**16 + 1])
+def test_argsort_indices_is_a_stable_argsort(bound):
+    # The radix path (bound ≤ 2¹⁶, values cast to uint16) must give numpy's stable
+    # order, the largest value included; above the bound the int64 sort is used.
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, bound, (6, 50))
+    values[0, :3] = bound - 1
+    expected = np.argsort(values, axis=1, kind="stable")
+    np.testing.assert_array_equal(selection._argsort_indices(values, bound, axis=1), expected)
+    flat = values.ravel()
+    np.testing.assert_array_equal(
+        selection._argsort_indices(flat, bound), np.argsort(flat, kind="stable")
+    )
