@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping
 
@@ -112,6 +113,11 @@ def _silent(*args, **kwargs):
     return None
 
 
+def _notify(method_name, net, **kwargs):
+    """``net.notify(method_name, **kwargs)`` as a batch hook."""
+    net.notify(method_name, **kwargs)
+
+
 class D2ACENet(NeuralNet):
     """A skorch ``NeuralNet`` whose training batches come from a batch sampler.
 
@@ -124,7 +130,9 @@ class D2ACENet(NeuralNet):
     Datasets are :class:`~skd2ace._data.IndexedDataset` (whole batches per fetch).
     Batches loaded in-process go through the net's own copy of skorch's batch loop
     (same history entries, same callback hooks, less per-batch work); callbacks are
-    called for every hook they define, and skipped where they keep the base no-op.
+    called for every hook they define, and skipped where they keep the base no-op
+    (the batch hooks are looked up once per epoch; a subclass that overrides
+    ``notify`` gets every call).
     Use it through :class:`skd2ace.D2ACEMultiLabelClassifier`; build it directly
     only to customise skorch further.
 
@@ -220,16 +228,31 @@ class D2ACENet(NeuralNet):
         # the row indices (skorch's get_len walks the batch's dict), and the two
         # per-batch history entries are written into the batch's row at once.
         loss_key, size_key = prefix + "_loss", prefix + "_batch_size"
+        # The batch hooks notify would call, resolved once per epoch, and the epoch's
+        # list of batch rows (skorch's History indexes through a generic path).
+        begin, end = self._batch_hooks()
+        rows = self.history[-1]["batches"]
         batch_count = 0
         for batch in iterator:
-            self.notify("on_batch_begin", batch=batch, training=training)
+            for hook in begin:
+                hook(self, batch=batch, training=training)
             step = step_fn(batch, **fit_params)
-            row = self.history[-1]["batches"][-1]
+            row = rows[-1]
             row[loss_key] = step["loss"].item()
             row[size_key] = _batch_size(batch)
-            self.notify("on_batch_end", batch=batch, training=training, **step)
+            for hook in end:
+                hook(self, batch=batch, training=training, **step)
             batch_count += 1
         self.history.record(prefix + "_batch_count", batch_count)
+
+    def _batch_hooks(self) -> tuple[list, list]:
+        """What :meth:`notify` calls for ``on_batch_begin`` and ``on_batch_end``: the
+        net's method and the callbacks' hooks that are not the base no-op."""
+        names = ("on_batch_begin", "on_batch_end")
+        if getattr(self.notify, "__func__", None) is not D2ACENet.notify:
+            # A subclass's notify sees every call, as in skorch's loop.
+            return tuple([functools.partial(_notify, name)] for name in names)
+        return tuple([getattr(self, name), *self._callback_hooks(name)] for name in names)
 
     def _set_training(self, training=True):
         # skorch switches the mode before every batch; Module.train recurses into
@@ -284,6 +307,8 @@ class D2ACENet(NeuralNet):
 def _batch_size(batch) -> int:
     """Rows in a batch: those of its row indices, else skorch's ``get_len``."""
     xb = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if type(xb) is dict and "sample_idx" in xb:  # an IndexedDataset's batch (no ABC check)
+        return xb["sample_idx"].shape[0]
     if isinstance(xb, Mapping) and "sample_idx" in xb:
         return len(xb["sample_idx"])
     return get_len(xb)

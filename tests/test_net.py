@@ -178,6 +178,27 @@ def test_callbacks_get_every_hook_they_define():
     assert counting.calls["on_epoch_end"] == 2
 
 
+def test_a_subclass_notify_sees_every_batch_hook():
+    # The net resolves the batch hooks once per epoch instead of calling notify per
+    # batch; a subclass that overrides notify still gets every call.
+    X, Y, _ = bookkeeping_problem(n=50)
+    counting = counting_callback()
+
+    class Logged(D2ACENet):
+        def notify(self, method_name, **cb_kwargs):
+            self.seen = [*getattr(self, "seen", []), method_name]
+            super().notify(method_name, **cb_kwargs)
+
+    sampler = D2ACEBatchSampler(Y, batch_size=8, max_epochs=2, warmup_epochs=1, random_state=0)
+    net = row_logits_net(sampler, Y.shape[1], max_epochs=2, batch_size=8)
+    net = Logged(**net.get_params(deep=False))
+    net.set_params(callbacks=[("counting", counting)])
+    net.fit(X, Y)
+    assert net.seen.count("on_batch_begin") == net.seen.count("on_batch_end") == 14
+    assert counting.calls["on_batch_begin"] == counting.calls["on_batch_end"] == 14
+    assert [len(epoch["batches"]) for epoch in net.history] == [7, 7]
+
+
 @pytest.mark.parametrize("with_sampler", [True, False])
 def test_batch_history_matches_skorch_loop(with_sampler):
     # The net's own loop over in-process batches writes what skorch's loop (taken
