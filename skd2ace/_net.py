@@ -247,7 +247,8 @@ class D2ACENet(NeuralNet):
 
     def _batch_hooks(self) -> tuple[list, list]:
         """What :meth:`notify` calls for ``on_batch_begin`` and ``on_batch_end``: the
-        net's method and the callbacks' hooks that are not the base no-op."""
+        net's method and the callbacks' hooks that are not the base no-op (or the
+        subclass's ``notify`` itself, when it overrides it)."""
         names = ("on_batch_begin", "on_batch_end")
         if getattr(self.notify, "__func__", None) is not D2ACENet.notify:
             # A subclass's notify sees every call, as in skorch's loop.

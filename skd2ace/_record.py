@@ -204,7 +204,7 @@ class TrainingRecord:
             if idx.dim() != 1:  # the net's indices are 1-D already (a view costs ~1 µs)
                 idx = idx.reshape(-1)
         else:
-            idx = np.array(to_host(idx), dtype=np.intp, copy=copy or None).ravel()
+            idx = np.array(_integers(to_host(idx)), dtype=np.intp, copy=copy or None).ravel()
             proba = np.array(to_host(proba), dtype=np.float32, copy=copy or None)
             loss = np.array(to_host(loss), dtype=np.float32, copy=copy or None)
         rows = idx.shape[0]
@@ -429,7 +429,8 @@ class TrainingRecord:
 
 
 def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
-    """Raise ``IndexError`` unless every instance index lies in ``[0, n_samples)``.
+    """Raise ``IndexError`` unless every instance index lies in ``[0, n_samples)``
+    (``TypeError`` unless they are integers).
 
     Checked when a batch is recorded: numpy would wrap a negative index to another
     instance, an index past the end would fail later in the background worker, and
@@ -437,6 +438,7 @@ def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
     """
     if not values.size:
         return
+    _integers(values)
     if values.dtype == np.int64:
         # Seen as unsigned, a negative index is huge: one reduction instead of two
         # (a recorded batch's indices are int64; ~2 µs per batch).
@@ -447,6 +449,15 @@ def check_batch_indices(values: np.ndarray, n_samples: int) -> None:
         raise IndexError(
             f"instance indices must lie in [0, {n_samples}), got {values.min()}..{values.max()}"
         )
+
+
+def _integers(values):
+    """``values`` as an array, unless they are not integers (``TypeError``): numpy
+    would truncate float indices to other instances, and read booleans as 0 and 1."""
+    values = np.asarray(values)
+    if values.size and values.dtype.kind not in "iu":
+        raise TypeError(f"instance indices must be integers, got dtype {values.dtype}")
+    return values
 
 
 def _lazy_tensors(idx, proba, loss) -> bool:
@@ -475,11 +486,11 @@ def _lazy_tensors(idx, proba, loss) -> bool:
 def _concatenate(parts: list, out: np.ndarray) -> np.ndarray:
     """Concatenate a queue's arrays or CPU tensors (of ``out``'s dtype) into ``out``."""
     torch = sys.modules.get("torch")
-    if torch is not None and all(type(part) is torch.Tensor for part in parts):
-        # One call into torch: numpy reads each tensor through __array__ (yeast's 19
-        # batches: 6.6 against 29 µs).
-        torch.cat(parts, out=torch.from_numpy(out))
-        return out
+    if torch is not None:
+        # numpy views of the tensors: np.concatenate would read each through
+        # __array__ (yeast's 19 batches: 19 against 29 µs). Not torch.cat (6.6 µs):
+        # from the worker thread, large ones would start torch's intra-op threads.
+        parts = [part.numpy() if type(part) is torch.Tensor else part for part in parts]
     return np.concatenate(parts, out=out)
 
 

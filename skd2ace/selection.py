@@ -534,7 +534,8 @@ def _argsort_indices(values: np.ndarray, bound: int, axis: int = -1) -> np.ndarr
 
     Below 2¹⁶ the values are sorted as uint16, which numpy sorts by radix sort in
     linear time (yeast's 2417 row indices: 10 µs against 27 µs for a stable int64
-    sort, 4× that on cold caches inside a fit); the order is the same.
+    sort, 4× that on cold caches inside a fit); the order is the same. The values
+    are not checked: the callers pass checked indices, draws or cluster labels.
 
     Examples
     --------

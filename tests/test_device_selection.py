@@ -180,6 +180,22 @@ def test_batch_inputs_outside_autograd_and_any_array_layout():
     record.metrics()
 
 
+@pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("on_device", [False, True])
+def test_non_integer_indices_raise_when_recorded(monkeypatch, on_device, copy):
+    # numpy would truncate 1.7 to instance 1 (and the device record's repeat check
+    # would miss 1.2 and 1.7 as one instance); booleans would read as 0 and 1.
+    monkeypatch.setattr(sampler, "use_device_selection", lambda *a: on_device)
+    s = sampler.D2ACEBatchSampler(np.eye(5, dtype=int), batch_size=2, max_epochs=3, device="cpu")
+    proba, loss = np.full((2, 5), 0.5, np.float32), np.ones((2, 5), np.float32)
+    for idx in (np.array([1.7, 1.2]), torch.tensor([1.0, 2.0]), np.array([True, False])):
+        with pytest.raises(TypeError, match="instance indices must be integers"):
+            s.record(idx, proba, loss, copy=copy)
+    s.record([], np.zeros((0, 5)), np.zeros((0, 5)), copy=copy)  # an empty list is fine
+    s.record_.flush()
+    assert int(np.asarray(s.record_.seen).sum()) == 0
+
+
 @pytest.mark.parametrize("on_device", [False, True])
 def test_indices_out_of_range_raise_when_recorded(monkeypatch, on_device):
     # numpy would wrap -1 to the last instance; on a CUDA device 5 breaks the context.
