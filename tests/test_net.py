@@ -245,3 +245,19 @@ def test_net_own_grad_hook_is_called():
     params = row_logits_net(sampler, Y.shape[1]).get_params(deep=False)
     Net(**{**params, "max_epochs": 2, "batch_size": 8}).fit(X, Y)
     assert Net.grads == 10  # 5 batches × 2 epochs, one parameter
+
+
+def test_infer_and_loss_take_tensors_arrays_and_batches_alike():
+    # Tensors skip skorch's to_tensor checks; arrays, batch dicts and the loss's
+    # targets give the same values as skorch's own path.
+    from skorch import NeuralNet
+
+    X, Y, _ = bookkeeping_problem(n=20)
+    net = row_logits_net(None, Y.shape[1]).initialize()
+    Xt = torch.from_numpy(X)
+    expected = NeuralNet.infer(net, Xt)
+    for x in (Xt, X, {"X": Xt, "sample_idx": torch.arange(20)}):
+        torch.testing.assert_close(net.infer(x), expected, rtol=0, atol=0)
+    losses = [net.get_elementwise_loss(expected, y) for y in (Y, torch.from_numpy(Y))]
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    assert losses[0].shape == Y.shape
