@@ -264,7 +264,7 @@ class D2ACENet(NeuralNet):
                 module.train(training)
 
     def infer(self, x, **fit_params):
-        if isinstance(x, Mapping) and "sample_idx" in x:
+        if _indexed_batch(x):
             x = x["X"]
         if type(x) is torch.Tensor and not fit_params:
             # skorch's infer for a tensor, without to_tensor's type checks per batch.
@@ -319,11 +319,16 @@ def _to_tensor(x, device):
 def _batch_size(batch) -> int:
     """Rows in a batch: those of its row indices, else skorch's ``get_len``."""
     xb = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if type(xb) is dict and "sample_idx" in xb:  # an IndexedDataset's batch (no ABC check)
-        return xb["sample_idx"].shape[0]
-    if isinstance(xb, Mapping) and "sample_idx" in xb:
+    if _indexed_batch(xb):
         return len(xb["sample_idx"])
     return get_len(xb)
+
+
+def _indexed_batch(x) -> bool:
+    """Whether ``x`` is a batch's inputs with their row indices (``{"X", "sample_idx"}``,
+    what :class:`~skd2ace._data.IndexedDataset` serves); a plain dict skips the
+    Mapping ABC check, which costs about a µs per call, twice per batch."""
+    return (type(x) is dict or isinstance(x, Mapping)) and "sample_idx" in x
 
 
 class _BatchIterator:
