@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ._record import check_batch_indices
+from ._record import check_batch_indices, check_history_size
 from .selection import _argsort_indices, effective_sample_size, rank_probabilities
 
 _CHANGE_SCALE = 65535.0
@@ -38,7 +38,7 @@ class DeviceRecord:
     A batch of distinct instances (the D2ACE sampler's always are) is applied at once
     by scatters; one that repeats instances in rounds of distinct ones. E and H are
     computed for all rows when read. State per (instance, label): newest probability,
-    flip EMA, latest loss (float32 each) and ``max(W − 1, 1)`` quantised changes
+    flip EMA, latest loss (float32 each) and ``W − 1`` quantised changes
     (int32: uint16 lacks device kernels).
     """
 
@@ -46,8 +46,9 @@ class DeviceRecord:
 
     def __init__(self, n_samples, n_labels, history_size=5, flip_decay=0.7, lam=0.5, *, device):
         self.n_samples, self.n_labels = n_samples, n_labels
+        history_size = check_history_size(history_size)
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
-        self.slots = max(history_size - 1, 1)
+        self.slots = history_size - 1
         self.device = torch.device(device)
         shape = (n_samples, n_labels)
         kw = {"device": self.device}

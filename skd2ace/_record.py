@@ -104,6 +104,7 @@ class TrainingRecord:
         background: bool = False,
     ):
         self.n_samples, self.n_labels = n_samples, n_labels
+        history_size = check_history_size(history_size)
         self.history_size, self.flip_decay, self.lam = history_size, flip_decay, lam
         self.flush_every = flush_every
         self.background = background
@@ -115,7 +116,7 @@ class TrainingRecord:
         self.loss = np.full(shape, math.log(2.0), dtype=np.float32)
         # Ring of quantised |Δp|, slot-major: the k-th change of instance i sits in
         # changes[k mod (W − 1), i], so a window sum adds W − 1 contiguous slices.
-        self.slots = max(history_size - 1, 1)
+        self.slots = history_size - 1
         self.changes = np.zeros((self.slots, n_samples, n_labels), dtype=np.uint16)
         # E and H, kept up to date row by row as predictions are applied (an
         # instance's metrics depend on its own state only).
@@ -426,6 +427,17 @@ class TrainingRecord:
         state = self.__dict__.copy()
         state.update(_queue=[], _work={}, _pending=[], _executor=None, _executor_pid=None)
         return state
+
+
+def check_history_size(history_size) -> int:
+    """``history_size`` (W) as an int, or ``ValueError`` unless it is an integer ≥ 2:
+    a window of one prediction has no change to average (METHOD.md §2), and a ring
+    of ``max(W − 1, 1)`` slots would silently average one change anyway."""
+    if isinstance(history_size, bool) or not isinstance(history_size, (int, np.integer)):
+        raise ValueError(f"history_size must be an integer >= 2, got {history_size!r}")
+    if history_size < 2:
+        raise ValueError(f"history_size must be an integer >= 2, got {history_size!r}")
+    return int(history_size)
 
 
 def check_batch_indices(values: np.ndarray, n_samples: int) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Sampler
 
 from . import _background, _device_selection, selection
-from ._record import TrainingRecord, check_batch_indices, to_host
+from ._record import TrainingRecord, check_batch_indices, check_history_size, to_host
 
 __all__ = [
     "BATCH_SELECTIONS",
@@ -63,7 +63,7 @@ class D2ACEBatchSampler(Sampler):
     history_size, flip_decay, fluctuation_weight, weight_mean, weight_std,
     initial_pressure, mixture_start, mixture_end, dynamic_weights
         ``W``, ``α``, ``λ``, ``a``, ``b``, ``s0``, ``β0``, ``β1`` and whether the
-        label weights are dynamic (METHOD.md §9).
+        label weights are dynamic (METHOD.md §9); ``history_size ≥ 2``.
     random_state : int or numpy Generator, default=None
     device : str or torch.device, default=None
         Where the network trains (None: the CPU). On a CUDA device with many labels
@@ -127,6 +127,7 @@ class D2ACEBatchSampler(Sampler):
             raise ValueError(
                 f"label_context must be one of {LABEL_CONTEXTS}, got {label_context!r}"
             )
+        history_size = check_history_size(history_size)
         self.labels = sp.csr_matrix((sp.csr_matrix(Y) != 0).astype(np.int8))
         self.n_samples, self.n_labels = self.labels.shape
         if selection.dense_products(self.n_samples, self.n_labels):

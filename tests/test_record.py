@@ -822,3 +822,24 @@ def test_fork_hooks_hold_the_background_lock_across_the_fork():
     assert os.waitstatus_to_exitcode(status) == 0
     assert _background._RUNNING_LOCK.acquire(timeout=5)  # and free in the parent
     _background._RUNNING_LOCK.release()
+
+
+@pytest.mark.parametrize("history_size", [1, 0, -3, 2.5, True, "5"])
+def test_a_window_under_two_predictions_is_an_error_everywhere(history_size):
+    # A window of one prediction has no change to average (METHOD.md §2): W = 1 once
+    # averaged one change anyway (E = 0.70001 instead of 0 with λ = 1 for 0.2 → 0.9).
+    from skd2ace._device_selection import DeviceRecord
+
+    with pytest.raises(ValueError, match="history_size must be an integer >= 2"):
+        TrainingRecord(3, 2, history_size=history_size)
+    with pytest.raises(ValueError, match="history_size must be an integer >= 2"):
+        DeviceRecord(3, 2, history_size, device="cpu")
+    with pytest.raises(ValueError, match="history_size must be an integer >= 2"):
+        D2ACEBatchSampler(np.eye(3), batch_size=2, max_epochs=3, history_size=history_size)
+
+
+def test_the_smallest_window_averages_the_one_change_it_holds():
+    record = TrainingRecord(1, 1, history_size=2, lam=1.0)
+    for p in (0.2, 0.9, 0.5):
+        record.update([0], np.array([[p]]), np.array([[0.1]]))
+    assert record.uncertainty[0, 0] == pytest.approx(0.4, abs=1e-4)  # |0.5 − 0.9| only
