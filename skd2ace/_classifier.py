@@ -86,8 +86,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         accepts them) plus ``module_kwargs``, and must return one logit per label.
     module_kwargs : dict, default=None
         Extra keyword arguments of ``module``.
-    hidden_layer_sizes : tuple of int, default=(256,)
-        Hidden layers of the default MLP.
+    hidden_layer_sizes : int or tuple of int, default=(256,)
+        Hidden layers of the default MLP (one int: one layer).
     dropout : float, default=0.0
         Dropout of the default MLP.
     max_epochs : int, default=100
@@ -316,17 +316,19 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """
         settings = self._check_params()
         with self._training_threads():
-            if self.warm_start and self._is_initialized():
-                X, Y = self._check_continuation(X, y)
-            else:
-                X, Y = self._start(X, y, settings)
-            try:
-                self._run(X, Y, self.max_epochs)
-            finally:
-                if not self.warm_start:
-                    # The O(N·q) selection state (and its worker thread) is only needed
-                    # to continue training; also freed when training raised.
-                    self.net_.batch_sampler.release()
+            fresh = not (self.warm_start and self._is_initialized())
+            with self._training_attempt(fresh):
+                if fresh:
+                    X, Y = self._start(X, y, settings)
+                else:
+                    X, Y = self._check_continuation(X, y)
+                try:
+                    self._run(X, Y, self.max_epochs)
+                finally:
+                    if not self.warm_start:
+                        # The O(N·q) selection state (and its worker thread) is only
+                        # needed to continue training; also freed when training raised.
+                        self.net_.batch_sampler.release()
         return self
 
     def partial_fit(self, X, y, classes=None):
@@ -354,11 +356,13 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         """
         settings = self._check_params()
         with self._training_threads():
-            if self._is_initialized():
-                X, Y = self._check_continuation(X, y)
-            else:
-                X, Y = self._start(X, y, settings)
-            self._run(X, Y, 1)
+            fresh = not self._is_initialized()
+            with self._training_attempt(fresh):
+                if fresh:
+                    X, Y = self._start(X, y, settings)
+                else:
+                    X, Y = self._check_continuation(X, y)
+                self._run(X, Y, 1)
         return self
 
     def initialize(self, X, y) -> D2ACEMultiLabelClassifier:
@@ -488,6 +492,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         X = validate_data(self, X, reset=False, accept_sparse="csr", dtype=(np.float32, np.float64))
         check_float32_range(X)
         logits = self.net_.forward(X, training=False)
+        self._check_outputs(logits)
         proba = expit(logits.detach().cpu().numpy().astype(np.float64))
         if np.isnan(proba).any():
             raise ValueError(
@@ -602,6 +607,26 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             raise
         return X, Y
 
+    @contextlib.contextmanager
+    def _training_attempt(self, fresh: bool):
+        """A fresh network whose training raises before its first epoch ends is
+        discarded: the estimator is left as it was before the call (unfitted, or with
+        its previous model), not with an untrained network that ``predict`` would use.
+        Once an epoch has ended the network is kept, like an interrupted one (training
+        can go on with ``partial_fit``); so is a continued one, trained in place."""
+        before = dict(vars(self)) if fresh else None
+        try:
+            yield
+        except Exception:
+            net = vars(self).get("net_")
+            if before is not None and net is not before.get("net_") and not _trained(net):
+                sampler = getattr(net, "batch_sampler", None)
+                if sampler is not None:
+                    sampler.release()
+                vars(self).clear()
+                vars(self).update(before)
+            raise
+
     def _initialize(self, X, Y, settings) -> None:
         """Build the validation split, the batch sampler and an untrained net."""
         rng = check_random_state(self.random_state)
@@ -609,7 +634,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         train_idx, valid_idx = self._split(X.shape[0], split_seed)
         self._fit_rows, self._train_idx, self._torch_seed = X.shape[0], train_idx, int(torch_seed)
         self._valid_idx = valid_idx
-        self._data_digests = data_digests(X, Y)
+        self._data_fingerprints = data_digests(X, Y)
         sampler = self._build_sampler(
             X[train_idx],
             Y[train_idx],
@@ -618,7 +643,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             ramp_end=settings["ramp_end"],
             random_state=sampler_seed,
         )
-        module, module_kwargs = self._module_params(settings["module"], X.shape[1])
+        module, module_kwargs = self._module_params(
+            settings["module"], X.shape[1], settings["hidden_layer_sizes"]
+        )
         net = D2ACENet(
             module,
             criterion=torch.nn.BCEWithLogitsLoss,
@@ -645,7 +672,21 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         )
         with self._seeded_torch(self._torch_seed):
             net.initialize()
+            # A module with another number of outputs than labels fails here, before
+            # any training (and would give wrong-width predictions after it).
+            self._check_outputs(net.forward(X[train_idx[:1]], training=False))
         self.net_ = net
+
+    def _check_outputs(self, logits) -> None:
+        """Raise unless the network returned one logit per label and row."""
+        shape = tuple(getattr(logits, "shape", ()))
+        if len(shape) != 2 or shape[1] != self.n_labels_:
+            raise ValueError(
+                f"the module must return a (n_samples, {self.n_labels_}) tensor of logits, "
+                f"one per label of y, got {shape if shape else type(logits).__name__}: give "
+                "its last layer n_labels outputs (the estimator passes n_labels to a module "
+                "whose __init__ takes it)"
+            )
 
     def _build_sampler(self, X_train, Y_train, *, max_epochs, warmup, ramp_end, random_state):
         return D2ACEBatchSampler(
@@ -686,7 +727,7 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
                 f"continuing training needs the data of the first fit ({self._fit_rows} rows; "
                 f"D2ACE keeps statistics per training instance), got {X.shape[0]} rows"
             )
-        first = getattr(self, "_data_digests", None)  # None: pickled by an older version
+        first = getattr(self, "_data_fingerprints", None)  # None: an older version's pickle
         if first is not None:
             for name, old_digest, new_digest in zip(
                 ("X", "y"), first, data_digests(X, Y), strict=True
@@ -737,11 +778,17 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         except (KeyError, IndexError):  # interrupted before the first epoch ended
             return
         if not np.isfinite(loss):
-            # Once, here, rather than NaN surfacing later in predictions or scores.
+            # Once, here, rather than NaN surfacing later in predictions or scores. The
+            # best validation epoch restored after training may have finite weights.
+            finite = all(bool(torch.isfinite(p).all()) for p in net.module_.parameters())
+            consequence = (
+                "the weights of the best validation epoch, finite, were restored"
+                if finite
+                else "predictions will fail"
+            )
             warnings.warn(
                 f"training diverged: the training loss is {loss} after epoch "
-                f"{len(net.history)}; predictions will fail. Use a smaller lr or scale "
-                "the features.",
+                f"{len(net.history)}; {consequence}. Use a smaller lr or scale the features.",
                 RuntimeWarning,
                 stacklevel=3,
             )
@@ -816,10 +863,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             X_train, k, random_state=self._torch_seed, device=self.device
         )
 
-    def _module_params(self, module, n_features):
+    def _module_params(self, module, n_features, hidden_layer_sizes):
         kwargs = dict(self.module_kwargs or {})
         if self.module is None:
-            kwargs.setdefault("hidden_layer_sizes", tuple(self.hidden_layer_sizes))
+            kwargs.setdefault("hidden_layer_sizes", hidden_layer_sizes)
             kwargs.setdefault("dropout", self.dropout)
         accepted = inspect.signature(module.__init__).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
@@ -827,3 +874,9 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             if takes_any or key in accepted:
                 kwargs.setdefault(key, value)
         return module, kwargs
+
+
+def _trained(net) -> bool:
+    """Whether ``net`` (or None) has finished an epoch of training."""
+    history = getattr(net, "history", None)
+    return bool(history) and "train_loss" in history[0]

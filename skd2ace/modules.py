@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from torch import nn
@@ -18,8 +19,8 @@ class MLP(nn.Module):
         Input width (set by the estimator from ``X``).
     n_labels : int
         Output width (set by the estimator from ``Y``).
-    hidden_layer_sizes : sequence of int, default=(256,)
-        Width of each hidden layer (ReLU, then dropout).
+    hidden_layer_sizes : int or sequence of int, default=(256,)
+        Width of each hidden layer (ReLU, then dropout); one int is one layer.
     dropout : float, default=0.0
         Dropout probability after each hidden layer.
 
@@ -34,12 +35,14 @@ class MLP(nn.Module):
         self,
         n_features: int,
         n_labels: int,
-        hidden_layer_sizes: Sequence[int] = (256,),
+        hidden_layer_sizes: int | Sequence[int] = (256,),
         dropout: float = 0.0,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         width = n_features
+        if isinstance(hidden_layer_sizes, numbers.Integral):
+            hidden_layer_sizes = (hidden_layer_sizes,)
         for size in hidden_layer_sizes:
             layers += [nn.Linear(width, int(size)), nn.ReLU()]
             if dropout > 0:

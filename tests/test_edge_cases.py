@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from skorch.callbacks import Callback
 
 from skd2ace import D2ACEMultiLabelClassifier
 from skd2ace.sampler import D2ACEBatchSampler
@@ -184,6 +185,33 @@ def test_diverged_training_warns_once_and_never_returns_nan():
     assert all(valid_ess(ess) for ess in clf.net_.history[:, "selection_ess"])
     with pytest.raises(ValueError, match="training diverged"):
         clf.predict_proba(X)
+
+
+class _PoisonFrom(Callback):
+    """A late divergence: NaN weights from the given epoch on."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            with torch.no_grad():
+                for parameter in net.module_.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_late_divergence_warns_that_the_best_finite_weights_were_restored():
+    X, Y = tiny_problem(n=60)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf = D2ACEMultiLabelClassifier(
+            **{**FAST, "max_epochs": 5}, validation_fraction=0.2, callbacks=[_PoisonFrom(3)]
+        ).fit(X, Y)
+    diverged = [str(w.message) for w in caught if "training diverged" in str(w.message)]
+    assert len(diverged) == 1
+    assert "best validation epoch, finite, were restored" in diverged[0]
+    assert "predictions will fail" not in diverged[0]
+    assert np.isfinite(clf.predict_proba(X)).all()
 
 
 # ------------------------------------------------------------- the sampler, adversarially

@@ -5,6 +5,7 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from skorch.callbacks import Callback
 
 from skd2ace import D2ACEMultiLabelClassifier
 
@@ -263,6 +264,18 @@ BAD_PARAMS = [
     ({"verbose": "x"}, TypeError, "verbose must be an instance of int"),
     ({"verbose": -1}, ValueError, "verbose == -1, must be >= 0"),
     ({"random_state": "x"}, ValueError, "random_state: 'x' cannot be used to seed"),
+    # Booleans are Integral (True == 1): not a number of epochs, a rate or a pressure.
+    ({"max_epochs": True}, TypeError, "max_epochs must be an instance of int, not bool"),
+    ({"batch_size": True}, TypeError, "batch_size must be an instance of int, not bool"),
+    ({"warmup_epochs": False}, TypeError, "warmup_epochs must be an instance of int, not"),
+    ({"lr": True}, TypeError, "lr must be an instance of float, not bool"),
+    ({"selection_pressure": True}, TypeError, "selection_pressure must be an instance of"),
+    ({"threshold": np.True_}, TypeError, "threshold must be an instance of float, not bool"),
+    ({"callbacks": [1]}, TypeError, r"callbacks must be a list of skorch callbacks .*got 1"),
+    ({"callbacks": [("a", "b", "c")]}, TypeError, r"\(name, callback\) pairs"),
+    ({"callbacks": [("name", object())]}, TypeError, "skorch.callbacks.Callback"),
+    ({"device": "meta"}, ValueError, "device='meta' was requested but no meta device"),
+    ({"device": "mps"}, ValueError, "device='mps' was requested but no mps device"),
 ]
 
 
@@ -333,3 +346,90 @@ def test_bad_hyper_parameter_on_fitted_estimator_trains_nothing(fitted):
     assert len(clf.net_.history) == epochs
     for key, value in clf.net_.module_.state_dict().items():
         assert torch.equal(value, weights[key])
+
+
+# ---------------------------------------------------------------- failures while training
+class _WrongWidth(torch.nn.Module):
+    """One logit more than there are labels."""
+
+    def __init__(self, n_features, n_labels):
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, n_labels + 1)
+
+    def forward(self, X):
+        return self.linear(X)
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit", "initialize"])
+def test_module_with_the_wrong_number_of_outputs_is_rejected_before_training(method):
+    X, Y = tiny_problem()
+    clf = D2ACEMultiLabelClassifier(**{**FAST, "module": _WrongWidth})
+    with pytest.raises(ValueError, match=r"must return a \(n_samples, 3\) tensor.*got \(1, 4\)"):
+        getattr(clf, method)(X, Y)
+    assert_untrained(clf)
+
+
+class _FailsAtEpoch(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.epoch:  # the net's own hook has added the epoch
+            raise RuntimeError(f"boom in epoch {self.epoch}")
+
+
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+def test_a_fit_failing_before_its_first_epoch_ends_leaves_the_estimator_as_it_was(fitted, method):
+    clf, X, Y = fitted
+    # Unfitted before: still unfitted after (not an untrained net predict would use).
+    failing = D2ACEMultiLabelClassifier(**{**FAST, "callbacks": [_FailsAtEpoch(1)]})
+    with pytest.raises(RuntimeError, match="boom"):
+        getattr(failing, method)(X, Y)
+    assert_untrained(failing)
+    # Fitted before: a refit failing in its first epoch keeps the previous model.
+    clf = clone(clf).fit(X, Y)
+    before = {key: value for key, value in vars(clf).items() if key.endswith("_")}
+    proba = clf.predict_proba(X)
+    clf.set_params(callbacks=[_FailsAtEpoch(1)])
+    with pytest.raises(RuntimeError, match="boom"):
+        clf.fit(X, Y)
+    assert all(getattr(clf, key) is value for key, value in before.items())
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+    # Failing later, the epochs trained are kept (tests/test_resume.py continues them).
+    clf.set_params(callbacks=[_FailsAtEpoch(2)])
+    with pytest.raises(RuntimeError, match="boom"):
+        clf.fit(X, Y)
+    assert clf.net_ is not before["net_"] and len(clf.net_.history) == 2
+
+
+def test_continued_training_that_fails_keeps_its_network():
+    X, Y = tiny_problem()
+    epochs = FAST["max_epochs"]
+    failing = _FailsAtEpoch(epochs + 2)  # fails in the second call's second epoch
+    clf = D2ACEMultiLabelClassifier(**FAST, warm_start=True, callbacks=[failing]).fit(X, Y)
+    net = clf.net_
+    with pytest.raises(RuntimeError, match="boom"):
+        clf.fit(X, Y)  # continues in place: the epoch it trained stays
+    assert clf.net_ is net and len(net.history) == epochs + 2
+
+
+def test_one_int_is_one_hidden_layer():
+    X, Y = tiny_problem()
+    for params in ({"hidden_layer_sizes": 5}, {"module_kwargs": {"hidden_layer_sizes": 5}}):
+        clf = D2ACEMultiLabelClassifier(**{**FAST, **params}).fit(X, Y)
+        widths = [m.out_features for m in clf.net_.module_.modules() if hasattr(m, "out_features")]
+        assert widths == [5, 3]
+
+
+def test_continuation_with_the_same_values_dense_or_sparse():
+    sp = pytest.importorskip("scipy.sparse")
+    X, Y = tiny_problem()
+    X[X < 0.5] = 0.0
+    clf = D2ACEMultiLabelClassifier(**FAST).partial_fit(sp.csr_matrix(X), Y)
+    clf.partial_fit(X, Y)  # the same values as a dense array
+    clf.partial_fit(sp.csc_matrix(X.astype(np.float32)), Y)
+    assert len(clf.net_.history) == 3
+    changed = X.copy()
+    changed[1, 2] += 0.25
+    with pytest.raises(ValueError, match="X differs from it"):
+        clf.partial_fit(changed, Y)
