@@ -96,6 +96,15 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    from .benchmark import MAX_SEED
+
+    value = _int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32 - 1], got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -132,10 +141,11 @@ def _add_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
         "--datasets",
         nargs="+",
         metavar="NAME",
+        type=str.lower,  # before the choices check: any case, as fetch_mulan
         choices=DATASET_NAMES,
         default=defaults["datasets"],
         help="data sets: 'synthetic' (built in) or MULAN names read from --data-home "
-        f"(choices: {', '.join(DATASET_NAMES)})",
+        f"(choices, any case: {', '.join(DATASET_NAMES)})",
     )
     data.add_argument(
         "--data-home",
@@ -179,7 +189,7 @@ def _add_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     proto.add_argument(
         "--seeds",
         nargs="+",
-        type=_int_at_least(0),
+        type=_seed,
         default=defaults["seeds"],
         metavar="S",
         help="one repeat of the cross-validation per seed",
@@ -389,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_benchmark,
         write_reports,
     )
-    from .datasets import MulanDataNotFoundError
+    from .datasets import ChecksumError, MulanDataNotFoundError, MulanFileError
 
     estimator_params = dict(args.param)
     try:
@@ -424,9 +434,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     journal = args.out / FOLDS_FILE
     command = ["skd2ace", *given]  # as typed: recorded in the reports, repeated to resume
     resume_command = shlex.join([*command, *([] if args.resume else ["--resume"])])
+    if args.out.exists() and not args.out.is_dir():
+        print(f"skd2ace: error: --out {args.out} is a file, not a folder.", file=sys.stderr)
+        return 2
+    try:
+        # Now, not once the data are loaded: an --out that cannot be made fails at once.
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # no permission, a file on the way, ...
+        print(f"skd2ace: error: cannot create --out {args.out}: {exc}", file=sys.stderr)
+        return 2
     try:
         done = _finished_jobs(journal, config, resume=args.resume)
-    except ValueError as exc:  # other settings, an unfinished run, not a fold journal
+    except (ValueError, OSError) as exc:  # other settings, an unfinished run, not a journal
         print(f"skd2ace: error: {exc}", file=sys.stderr)
         return 2
     n_total = len(fold_jobs(config))
@@ -444,9 +463,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
     start = time.perf_counter()
+    n_finished = 0  # fold jobs finished in this call (each appended to the journal)
+
+    def progress(n_done: int, n_total: int, r: dict[str, Any]) -> None:
+        nonlocal n_finished
+        n_finished += 1
+        _progress(n_done, n_total, r)
+
     try:
-        result = run_benchmark(config, progress=_progress, done=done, journal=journal)
-    except (MulanDataNotFoundError, InsufficientDataError) as exc:
+        result = run_benchmark(config, progress=progress, done=done, journal=journal)
+    except (
+        MulanDataNotFoundError,  # a data file missing, not downloadable
+        ChecksumError,  # a download that is not the MULAN file
+        MulanFileError,  # a data file that cannot be read
+        InsufficientDataError,  # too few rows or labels left for the folds
+    ) as exc:  # the user's data, not a bug: no traceback
         print(f"skd2ace: error: {exc}", file=sys.stderr)
         return 1
     except BenchmarkInterrupted as exc:
@@ -454,13 +485,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # while loading the data, before any job started
         print(f"\nInterrupted before the fold jobs started; {journal} unchanged.", file=sys.stderr)
         return 130
-    except Exception:
-        print(
-            f"skd2ace: the fold jobs finished so far are kept in {journal}; once the error "
-            f"below is fixed, this runs the others: {resume_command}",
-            file=sys.stderr,
-            flush=True,
-        )
+    except Exception:  # a bug, or the machine's: the traceback follows
+        # The resumed jobs stay in the journal (rewritten with them, or not yet touched)
+        # and every job finished here was appended to it; with none, there is nothing
+        # to resume and the hint would mislead.
+        n_kept = len(done) + n_finished
+        if n_kept and journal.is_file():
+            print(
+                f"skd2ace: the {n_kept} fold job(s) finished so far are kept in {journal}; "
+                f"once the error below is fixed, this runs the others: {resume_command}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise
     try:
         written = write_reports(result, args.out, argv=command, plots=args.plots)

@@ -26,6 +26,14 @@ computed here. Conventions worth knowing (all from scikit-learn unless stated):
   by q.
 * F1 scores use ``zero_division=0``: a label (macro) or a row (samples) with neither
   true nor predicted positives scores 0.
+* A single label column (shape (N, 1), or a 1-D vector) is one label, not a binary
+  problem with two classes: scikit-learn reads such input as binary targets, so the
+  cases it would get wrong or reject are computed here. Every metric then has its
+  multi-label value with q = 1: macro and micro F1 are the F1 of that label, a row's F1
+  is 1 when the label is both true and predicted (else 0), ``ranking_loss`` is 0 (a row
+  holds no (relevant, irrelevant) pair), ``coverage`` is the fraction of rows where the
+  label is relevant (it is covered at rank 1), ``average_precision`` is 1 and
+  ``one_error`` 0. All but ``coverage`` equal their value on the column given twice.
 
 Examples
 --------
@@ -229,6 +237,10 @@ def ranking_loss(y_true: ArrayLike, y_score: ArrayLike) -> float:
     0.25
     """
     Y, S = _check_targets(y_true, y_score)
+    if Y.shape[1] == 1:
+        # No (relevant, irrelevant) pair within a row; scikit-learn rejects the (n, 1)
+        # matrix as binary targets instead of returning 0.
+        return 0.0
     return float(label_ranking_loss(Y, S))
 
 
@@ -259,6 +271,10 @@ def coverage(y_true: ArrayLike, y_score: ArrayLike) -> float:
     3.0
     """
     Y, S = _check_targets(y_true, y_score)
+    if Y.shape[1] == 1:
+        # A relevant label is covered at rank 1, a row without one needs 0 labels;
+        # scikit-learn rejects the (n, 1) matrix as binary targets.
+        return float(Y.mean())
     return float(coverage_error(Y, S))
 
 
@@ -353,7 +369,16 @@ def hamming_loss(y_true: ArrayLike, y_score: ArrayLike, *, threshold: float = 0.
 
 def _f1(y_true: ArrayLike, y_score: ArrayLike, threshold: float, average: str) -> float:
     Y, S = _check_targets(y_true, y_score)
-    return float(f1_score(Y, _threshold(S, threshold), average=average, zero_division=0))
+    P = _threshold(S, threshold)
+    if Y.shape[1] == 1:
+        # scikit-learn reads an (n, 1) matrix as binary targets: "macro" would average
+        # the F1 of classes 0 and 1, "micro" would be the accuracy, "samples" raises.
+        # With one label, macro and micro F1 are that label's F1, and a row's F1 is 1
+        # when the label is true and predicted, else 0 (zero_division=0 for neither).
+        if average == "samples":
+            return float(np.mean(Y[:, 0] & P[:, 0]))
+        return float(f1_score(Y[:, 0], P[:, 0], average="binary", zero_division=0))
+    return float(f1_score(Y, P, average=average, zero_division=0))
 
 
 def macro_f1(y_true: ArrayLike, y_score: ArrayLike, *, threshold: float = 0.5) -> float:

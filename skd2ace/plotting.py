@@ -2,11 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 __all__ = ["SelectionHistoryDisplay"]
+
+#: Lines over at most this many epochs get a marker at every epoch (a single epoch is
+#: a point, invisible as a line).
+_MARKER_MAX_EPOCHS = 30
+
+
+def _epoch_marker(n_epochs: int) -> str | None:
+    """Marker of a per-epoch line: dots for few epochs, none for many."""
+    return "o" if n_epochs <= _MARKER_MAX_EPOCHS else None
+
+
+def _integer_ticks(axis) -> None:
+    """Put only integer ticks on ``axis`` (an epoch or label axis).
+
+    ``MaxNLocator(integer=True)`` alone still falls back to fractional steps on a range
+    holding fewer than two integers (a single epoch or label); ``min_n_ticks=1`` lets one
+    integer tick do instead.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _epoch_axis(ax, first: int, last: int) -> None:
+    """Integer epoch ticks on ``ax``'s x axis; a single epoch is centred in a unit range
+    (matplotlib would widen the empty range by a few hundredths only)."""
+    _integer_ticks(ax.xaxis)
+    if first == last:
+        ax.set_xlim(first - 0.5, last + 0.5)
+
+
+def _history_rows(history) -> list[dict]:
+    """One dict per epoch, from epoch dicts or from a dict of per-epoch lists."""
+    if isinstance(history, Mapping):
+        # A fold's "history" in results.json or folds.jsonl: {key: [value per epoch]}.
+        scalars = [
+            k for k, v in history.items() if isinstance(v, str) or not isinstance(v, Sequence)
+        ]
+        if scalars:
+            raise TypeError(
+                "a history given as a dict needs a list of per-epoch values for every key; "
+                f"not for {scalars[:5]}"
+            )
+        lengths = {key: len(values) for key, values in history.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"a history given as a dict needs one list per key of one length (one "
+                f"value per epoch); got lengths {lengths}"
+            )
+        n_epochs = next(iter(lengths.values()), 0)
+        return [{key: values[e] for key, values in history.items()} for e in range(n_epochs)]
+    return [dict(row) for row in history]
+
 
 _WEIGHTS = (
     ("label_weights_uncertainty", "label weights v(E) (uncertainty)"),
@@ -28,10 +81,12 @@ class SelectionHistoryDisplay:
 
     Parameters
     ----------
-    history : skorch History or sequence of dict
+    history : skorch History, sequence of dict or dict of lists
         One dict per epoch, with skorch's keys and those :class:`~skd2ace.D2ACENet`
         writes (``selection_pressure``, ``mixture_weight``, ``selection_ess``,
-        ``label_weights_uncertainty``, ``label_weights_hardness``).
+        ``label_weights_uncertainty``, ``label_weights_hardness``); or one list per key
+        with a value per epoch (``None`` where an epoch lacks it), as a fold's
+        ``history`` in the benchmark's ``results.json`` and ``folds.jsonl``.
     label_names : sequence of str, optional
         Names of the label columns, for the heat maps' rows (shown up to 40 labels).
 
@@ -57,7 +112,7 @@ class SelectionHistoryDisplay:
     """
 
     def __init__(self, history, *, label_names: Sequence[str] | None = None):
-        rows = [dict(row) for row in history]
+        rows = _history_rows(history)
         if not rows:
             raise ValueError("the history holds no epoch: fit the estimator first")
         self.history = rows
@@ -136,28 +191,32 @@ class SelectionHistoryDisplay:
         if axes.size != 4:
             raise ValueError(f"axes must hold 4 matplotlib Axes, got {axes.size}")
         axes = axes.reshape(2, 2)
-        from matplotlib.ticker import MaxNLocator
-
-        for ax in axes.flat:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         self._plot_losses(axes[0, 0])
         self._plot_schedule(axes[0, 1])
         for ax, (key, title) in zip(axes[1], _WEIGHTS, strict=True):
             self._plot_weights(ax, key, title)
+        first, last = int(self.epochs_.min()), int(self.epochs_.max())
+        for ax in axes.flat:  # after drawing: the limits autoscaling chose are replaced
+            _epoch_axis(ax, first, last)
         self.axes_, self.figure_ = axes, axes[0, 0].figure
         return self
 
     def _plot_losses(self, ax) -> None:
+        marker = _epoch_marker(len(self.epochs_))
         for key, style in (("train_loss", "-"), ("valid_loss", "--")):
             values = self.column(key)
             if values is not None:
-                ax.plot(self.epochs_, values, style, label=key.replace("_", " "))
+                ax.plot(
+                    self.epochs_, values, style, marker=marker, ms=3, label=key.replace("_", " ")
+                )
         ax.set(title="losses", xlabel="epoch", ylabel="loss")
         lines = ax.get_legend_handles_labels()
         auc = self.column("valid_macro_auc")
         if auc is not None:
             twin = ax.twinx()
-            twin.plot(self.epochs_, auc, color="tab:green", label="valid macro-AUC")
+            twin.plot(
+                self.epochs_, auc, color="tab:green", marker=marker, ms=3, label="valid macro-AUC"
+            )
             twin.set_ylabel("macro-AUC")
             extra = twin.get_legend_handles_labels()
             lines = (lines[0] + extra[0], lines[1] + extra[1])
@@ -165,16 +224,24 @@ class SelectionHistoryDisplay:
             ax.legend(*lines, loc="best", fontsize="small")
 
     def _plot_schedule(self, ax) -> None:
+        marker = _epoch_marker(len(self.epochs_))
         pressure = self.column("selection_pressure")
         if pressure is not None:
-            ax.plot(self.epochs_, pressure, color="tab:red", label="selection pressure s")
+            ax.plot(
+                self.epochs_,
+                pressure,
+                color="tab:red",
+                marker=marker,
+                ms=3,
+                label="selection pressure s",
+            )
         ax.set(title="selection schedule", xlabel="epoch", ylabel="pressure")
         lines = ax.get_legend_handles_labels()
         twin = ax.twinx()
         for key, label in (("mixture_weight", "mixture weight β"), ("selection_ess", "ESS / N")):
             values = self.column(key)
             if values is not None:
-                twin.plot(self.epochs_, values, "--", label=label)
+                twin.plot(self.epochs_, values, "--", marker=marker, ms=3, label=label)
         twin.set(ylim=(0, 1.05), ylabel="β, ESS / N")
         extra = twin.get_legend_handles_labels()
         if lines[0] or extra[0]:
@@ -200,3 +267,5 @@ class SelectionHistoryDisplay:
         names = self.label_names
         if names is not None and len(names) == weights.shape[1] and len(names) <= 40:
             ax.set_yticks(range(len(names)), names, fontsize="small")
+        else:  # label indices
+            _integer_ticks(ax.yaxis)

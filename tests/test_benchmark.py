@@ -14,9 +14,12 @@ from scipy.stats import wilcoxon
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler
 from skorch.callbacks import Callback
 
+import skd2ace.benchmark._plots
 import skd2ace.benchmark._protocol
+import skd2ace.benchmark._report
 from skd2ace.benchmark import (
     HISTORY_KEYS,
+    MAX_SEED,
     NON_RESULT_FIELDS,
     REPORTED_METRICS,
     SYNTHETIC_PARAMS,
@@ -24,6 +27,7 @@ from skd2ace.benchmark import (
     BenchmarkInterrupted,
     BenchmarkResult,
     ConfigMismatchError,
+    InsufficientDataError,
     append_fold,
     baseline_strategy,
     compare_strategies,
@@ -42,9 +46,10 @@ from skd2ace.benchmark import (
     run_benchmark,
     run_fold,
     summarize,
+    write_json,
     write_reports,
 )
-from skd2ace.benchmark._plots import epoch_matrix, plot_label_weights
+from skd2ace.benchmark._plots import epoch_matrix, make_plots, plot_label_weights
 from skd2ace.metrics import LOWER_IS_BETTER, METRIC_NAMES, evaluate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -91,14 +96,18 @@ def fake_fold(dataset, strategy, seed, fold, value, n_epochs=4, n_labels=3, weig
     }
 
 
-def fake_result(values, strategies=("d2ace", "random"), seeds=(0,), n_folds=3):
+def fake_result(values, strategies=("d2ace", "random"), seeds=(0,), n_folds=3, n_epochs=4):
     """values[strategy] -> list of per-(seed, fold) values, seed-major."""
     folds = []
     for s in strategies:
         k = 0
         for seed in seeds:
             for fold in range(n_folds):
-                folds.append(fake_fold("toy", s, seed, fold, values[s][k], weights=s != "random"))
+                folds.append(
+                    fake_fold(
+                        "toy", s, seed, fold, values[s][k], n_epochs=n_epochs, weights=s != "random"
+                    )
+                )
                 k += 1
     config = BenchmarkConfig(
         datasets=["synthetic"], strategies=strategies, seeds=seeds, n_folds=n_folds
@@ -258,6 +267,50 @@ def test_write_reports_from_fake_result(tmp_path):
         assert_png(written[name])
 
 
+def test_reports_are_replaced_atomically(tmp_path, monkeypatch):
+    """An error (or Ctrl-C) while a report is written leaves the previous version whole,
+    and no temporary file."""
+    out = tmp_path / "out"
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    write_reports(result, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def dump_then_fail(obj, fh, **kwargs):
+        fh.write('{"argv": ')  # part of the file written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(skd2ace.benchmark._report.json, "dump", dump_then_fail)
+    other = fake_result({"d2ace": [0.1, 0.2, 0.3], "random": [0.6, 0.7, 0.8]})
+    with pytest.raises(OSError, match="No space"):
+        write_reports(other, out)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys()  # no *.tmp left behind
+    assert after["results.json"] == before["results.json"]
+    json.loads(after["results.json"])
+    assert after["results.md"] != before["results.md"]  # written before the failure: new
+    assert after["results.md"].startswith(b"# Benchmark results")
+
+
+def test_results_json_records_the_data_folder_used(tmp_path, monkeypatch):
+    """config.data_home None means "$SKD2ACE_DATA, else ~/skd2ace_data": the report says
+    which folder that was."""
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    write_json(result, tmp_path / "synthetic.json")
+    payload = json.loads((tmp_path / "synthetic.json").read_text(encoding="utf-8"))
+    assert payload["config"]["data_home"] is None  # no MULAN data set: no data folder
+    monkeypatch.setenv("SKD2ACE_DATA", str(tmp_path / "mulan"))
+    result.config.datasets = ("emotions",)
+    write_json(result, tmp_path / "env.json")
+    payload = json.loads((tmp_path / "env.json").read_text(encoding="utf-8"))
+    assert payload["config"]["data_home"] == str(tmp_path / "mulan")
+    assert result.config.data_home is None  # the configuration itself is unchanged
+    monkeypatch.chdir(tmp_path)
+    result.config.data_home = "given"
+    write_json(result, tmp_path / "given.json")
+    payload = json.loads((tmp_path / "given.json").read_text(encoding="utf-8"))
+    assert payload["config"]["data_home"] == str(tmp_path / "given")  # absolute
+
+
 def test_plots_helpers():
     folds = [{"history": {"a": [1.0, None]}}, {"history": {"a": [3.0, 4.0, 5.0]}}, {"history": {}}]
     mat = epoch_matrix(folds, "a")
@@ -266,6 +319,55 @@ def test_plots_helpers():
     assert np.isnan(mat[0, 1:]).all() and np.isnan(mat[2]).all()
     only_random = fake_result({"random": [0.5, 0.6, 0.7]}, strategies=("random",))
     assert plot_label_weights(only_random, "toy", "unused.png") is None
+
+
+@pytest.fixture
+def drawn_figures(monkeypatch):
+    """The figures the benchmark plots draw, in order (``_plots._figure`` is spied on)."""
+    figures = []
+    real = skd2ace.benchmark._plots._figure
+
+    def spy(*args):
+        figures.append(real(*args))
+        return figures[-1]
+
+    monkeypatch.setattr(skd2ace.benchmark._plots, "_figure", spy)
+    return figures
+
+
+def visible_ticks(ticks, limits):
+    low, high = sorted(limits)
+    return [t for t in ticks if low <= t <= high]
+
+
+def test_plots_of_a_single_epoch_show_points_on_integer_ticks(tmp_path, drawn_figures):
+    """One epoch is one point per curve: it must be drawn (a marker; a line needs two
+    points) on an epoch axis with the integer tick 1, not 0.96, 0.98, ..."""
+    result = fake_result({"d2ace": [0.7] * 3, "random": [0.6] * 3}, n_epochs=1)
+    result.datasets["toy"]["label_names"] = []  # heat-map rows by label index
+    written = make_plots(result, tmp_path)
+    assert len(written) == 3 and len(drawn_figures) == 3
+    curves = [ax for fig in drawn_figures[:2] for ax in fig.axes if ax.get_lines()]
+    assert len(curves) == 4  # validation AUC, then the three schedule panels
+    for ax in curves:
+        for line in ax.get_lines():
+            assert line.get_marker() == "o" and list(line.get_xdata()) == [1]
+        assert ax.get_xlim() == (0.5, 1.5)
+        assert visible_ticks(ax.get_xticks(), ax.get_xlim()) == [1]
+    heat_maps = [ax for ax in drawn_figures[2].axes if ax.get_images()]
+    assert len(heat_maps) == 2
+    for ax in heat_maps:
+        assert visible_ticks(ax.get_xticks(), ax.get_xlim()) == [1]
+        assert visible_ticks(ax.get_yticks(), ax.get_ylim()) == [0, 1, 2]  # 3 labels
+
+    # Many epochs: plain lines (markers would hide them), still integer epoch ticks.
+    drawn_figures.clear()
+    make_plots(fake_result({"d2ace": [0.7] * 3, "random": [0.6] * 3}, n_epochs=40), tmp_path)
+    lines = [line for fig in drawn_figures[:2] for ax in fig.axes for line in ax.get_lines()]
+    assert lines and all(line.get_marker() in (None, "None", "") for line in lines)
+    for ax in (ax for fig in drawn_figures for ax in fig.axes if ax.get_lines()):
+        ticks = visible_ticks(ax.get_xticks(), ax.get_xlim())
+        assert len(ticks) > 2 and all(float(t).is_integer() for t in ticks)
 
 
 # --------------------------------------------------------------------------- protocol
@@ -323,6 +425,13 @@ def test_config_validation():
         BenchmarkConfig(seeds=[0, 0])
     with pytest.raises(ValueError, match="n_folds"):
         BenchmarkConfig(n_folds=1)
+    # The folds' RandomState takes 32-bit seeds: refused here, not in the first fold job.
+    with pytest.raises(ValueError, match=r"seeds must be in \[0, 2\*\*32 - 1\]"):
+        BenchmarkConfig(seeds=[0, MAX_SEED + 1])
+    assert BenchmarkConfig(seeds=[MAX_SEED]).seeds == (2**32 - 1,)
+    assert (
+        len(fold_splits(np.eye(4, 2, dtype=int) + np.eye(4, 2, k=-2, dtype=int), 2, MAX_SEED)) == 2
+    )
     cfg = BenchmarkConfig(datasets=["Emotions"], hidden_layer_sizes=[8])
     assert cfg.datasets == ("emotions",) and cfg.to_dict()["hidden_layer_sizes"] == [8]
 
@@ -461,6 +570,36 @@ def test_journal_line_cut_short_by_a_crash(tmp_path):
         read_journal(journal)
 
 
+def test_journal_with_a_fold_job_twice(tmp_path):
+    """A copied line (same job, same result) is dropped; two different results of one
+    job are refused with both line numbers, not handed to run_benchmark (which rejects
+    a job given twice)."""
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    journal = tmp_path / "folds.jsonl"
+    for r in result.folds[:2]:
+        append_fold(journal, r, result.config)
+    first, second = journal.read_text(encoding="utf-8").splitlines()
+    journal.write_text(f"{first}\n{second}\n{first}\n", encoding="utf-8")
+    back = read_journal(journal)
+    assert [job_key(r) for r in back.folds] == [job_key(r) for r in result.folds[:2]]
+    assert back.folds[0]["metrics"] == result.folds[0]["metrics"]
+
+    other = dict(result.folds[0], fit_time_s=99.0)  # the same job run again
+    append_fold(journal, other, result.config)
+    with pytest.raises(ValueError, match=r"folds\.jsonl, lines 1 and 4: two different results"):
+        read_journal(journal)
+
+
+def test_journal_not_utf8_names_the_file_and_line(tmp_path):
+    result = fake_result({"d2ace": [0.9, 0.8, 0.7], "random": [0.6, 0.7, 0.8]})
+    journal = tmp_path / "folds.jsonl"
+    append_fold(journal, result.folds[0], result.config)
+    journal.write_bytes(journal.read_bytes() + b"\xff\xfe{}\n")
+    with pytest.raises(ValueError, match=r"folds\.jsonl, line 2: not a fold journal line") as exc:
+        read_journal(journal)
+    assert "utf-8" in str(exc.value)
+
+
 def test_fingerprint_leaves_out_only_what_cannot_change_results():
     config = BenchmarkConfig(n_folds=2, max_epochs=2)
     fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
@@ -555,6 +694,39 @@ def test_run_benchmark_interrupted_then_resumed(tmp_path, monkeypatch):
     calls.clear()
     again = run_benchmark(config, done=read_journal(journal).folds, journal=journal)
     assert calls == [] and again.n_resumed == 12 and len(journal.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(
+    ("Y", "preprocess", "match"),
+    [
+        (
+            np.array([[1], [0], [1], [0], [1], [0]]),
+            True,
+            r"'synthetic' has 6 rows and 1 label after preprocessing \(labels with <= 20 "
+            r"positives dropped.*needs at least 2 labels \(a lower min_positives",
+        ),
+        (
+            np.array([[1], [0], [1], [0], [1], [0]]),
+            False,
+            r"\(no preprocessing\).*at least 2 labels",
+        ),
+        (np.array([[1, 0]]), True, "1 rows and 2 labels .*too few rows for 2 folds"),
+    ],
+)
+def test_run_benchmark_needs_two_labels_and_a_row_per_fold(monkeypatch, Y, preprocess, match):
+    """The iterative stratification reads one label column as binary targets and fails
+    deep inside iterstrat: a single label left is refused first, with the reason."""
+    from sklearn.utils import Bunch
+
+    def load(name, **kwargs):
+        info = {"name": name}
+        return Bunch(X=np.zeros((len(Y), 2)), Y=Y, name=name, label_names=[], info=info)
+
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "load_dataset", load)
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", fake_run_fold([]))
+    config = BenchmarkConfig(n_folds=2, max_epochs=2, preprocess=preprocess)
+    with pytest.raises(InsufficientDataError, match=match):
+        run_benchmark(config)
 
 
 def test_run_benchmark_checks_done(monkeypatch):

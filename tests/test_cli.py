@@ -158,6 +158,8 @@ def test_parser_defaults_and_options():
         ["benchmark", "--n-jobs", "0"],
         ["benchmark", "--param", "no_such_parameter=1"],
         ["benchmark", "--seeds", "1", "1"],
+        ["benchmark", "--seeds", "4294967296"],  # the folds' RandomState takes 32 bits
+        ["benchmark", "--seeds", "-1"],
         # Values the estimator rejects, checked before any fold runs.
         ["benchmark", "--validation-fraction", "1.5"],
         ["benchmark", "--param", "selection_pressure=0.5"],
@@ -173,6 +175,101 @@ def test_bad_arguments_exit_2(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_dataset_names_in_any_case():
+    """fetch_mulan takes any case; so does --datasets (lower-cased before the check)."""
+    args = build_parser().parse_args(["benchmark", "--datasets", "Flags", "SYNTHETIC"])
+    assert args.datasets == ["flags", "synthetic"]
+    assert build_parser().parse_args(["benchmark", "--seeds", "4294967295"]).seeds == [2**32 - 1]
+
+
+# A MULAN file for the data home: 10 rows, label a with 5 positives, label b with 1.
+TOY_ARFF = (
+    "@relation flags\n@attribute x numeric\n@attribute y numeric\n"
+    "@attribute a {0,1}\n@attribute b {0,1}\n@data\n"
+    + "".join(f"{i},{i % 3},{i % 2},{int(i == 0)}\n" for i in range(10))
+)
+TOY_XML = '<labels><label name="a"></label><label name="b"></label></labels>\n'
+
+
+def toy_home(home, arff=TOY_ARFF, xml=TOY_XML):
+    (home / "flags").mkdir(parents=True)
+    (home / "flags" / "flags.arff").write_text(arff, encoding="utf-8")
+    (home / "flags" / "flags.xml").write_text(xml, encoding="utf-8")
+    return home
+
+
+def corrupt_download(url, filename):
+    with open(filename, "wb") as fh:
+        fh.write(b"not the MULAN file")
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("one label left", 1, "1 label after preprocessing (labels with <= 1 positives"),
+        ("truncated ARFF", 1, "flags.arff: cannot parse ARFF"),
+        ("XML names other labels", 1, "flags.arff: ['c']. Delete the broken file"),
+        ("checksum mismatch", 1, "Checksum mismatch for flags.arff"),
+        ("--out is a file", 2, "is a file, not a folder"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(
+    case, code, message, tmp_path, monkeypatch, capsys
+):
+    """Errors in the user's data or options: one 'skd2ace: error:' line and an exit code,
+    as for a missing data file; no traceback, no --resume hint (no job ran)."""
+    home, out = tmp_path / "home", tmp_path / "out"
+    if case == "truncated ARFF":
+        toy_home(home, arff=TOY_ARFF[: TOY_ARFF.index("5,2,1")] + "5,2")
+    elif case == "XML names other labels":
+        toy_home(home, xml=TOY_XML.replace('"b"', '"c"'))
+    elif case == "checksum mismatch":
+        home.mkdir()
+        monkeypatch.setattr("skd2ace.datasets._mulan._urlretrieve", corrupt_download)
+    else:
+        toy_home(home)
+    if case == "--out is a file":
+        out.write_text("not a folder", encoding="utf-8")
+    argv = ["benchmark", "--datasets", "flags", "--data-home", str(home), "--folds", "2"]
+    argv += ["--epochs", "1", "--min-positives", "1", "--out", str(out), "--no-plots"]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert err.startswith("skd2ace: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert "kept in" not in err and "Traceback" not in err
+
+
+def fail_at(monkeypatch, n):
+    """Make the n-th fold job fail with a bug (RuntimeError); the others run."""
+    real = skd2ace.benchmark._protocol.run_fold
+    calls = []
+
+    def run(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == n:
+            raise RuntimeError("a bug in a fold job")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(skd2ace.benchmark._protocol, "run_fold", run)
+
+
+@pytest.mark.parametrize("failing_job", [1, 2])
+def test_a_bug_keeps_its_traceback_and_the_resume_hint_only_with_jobs_kept(
+    failing_job, tmp_path, monkeypatch, capsys
+):
+    fail_at(monkeypatch, failing_job)
+    argv = ["benchmark", "--folds", "2", "--epochs", "1", "--strategies", "random"]
+    with pytest.raises(RuntimeError, match="a bug in a fold job"):  # not caught: a traceback
+        main([*argv, "--no-plots", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    journal = tmp_path / FOLDS_FILE
+    if failing_job == 1:  # no job finished: nothing to resume, no hint
+        assert "kept in" not in err and journal.read_text(encoding="utf-8") == ""
+    else:
+        assert f"the 1 fold job(s) finished so far are kept in {journal}" in err
+        assert err.rstrip().endswith("--resume") and len(journal_lines(tmp_path)) == 1
 
 
 def test_missing_mulan_data_returns_1(tmp_path, monkeypatch, capsys):
@@ -375,3 +472,25 @@ def test_resume_without_journal_or_jobs_left(uninterrupted, count_fold_jobs, tmp
     small = ["benchmark", "--folds", "2", "--epochs", "1", "--strategies", "random"]
     assert main([*small, "--no-plots", "--out", str(out), "--resume"]) == 0
     assert count_fold_jobs["n"] == 2 and len(journal_lines(out)) == 2
+
+
+def test_resume_with_a_fold_job_twice_in_the_journal(uninterrupted, count_fold_jobs, tmp_path):
+    """A duplicated line (e.g. journals joined by hand) is a copy, not an error."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lines = journal_lines(uninterrupted)
+    (out / FOLDS_FILE).write_text("\n".join([*lines, lines[0]]) + "\n", encoding="utf-8")
+    assert main([*SMALL, "--no-plots", "--out", str(out), "--resume"]) == 0
+    assert count_fold_jobs["n"] == 0
+    assert journal_lines(out) == lines  # rewritten without the copy
+    assert read_folds(out) == read_folds(uninterrupted)
+
+
+def test_unreadable_journal_is_named(uninterrupted, count_fold_jobs, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / FOLDS_FILE).write_bytes((uninterrupted / FOLDS_FILE).read_bytes() + b"\xff\n")
+    assert main([*SMALL, "--no-plots", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skd2ace: error: {out / FOLDS_FILE}, line 5: not a fold journal")
+    assert count_fold_jobs["n"] == 0

@@ -15,6 +15,7 @@ from skd2ace.datasets import (
     MULAN_DATASETS,
     ChecksumError,
     MulanDataNotFoundError,
+    MulanFileError,
     _mulan,
     fetch_mulan,
     get_data_home,
@@ -166,6 +167,15 @@ def test_crlf_line_endings(tmp_path):
     path = tmp_path / "crlf.arff"
     path.write_bytes(DENSE.replace("\n", "\r\n").encode())
     np.testing.assert_array_equal(load_arff(path, n_labels=2).Y, [[1, 0], [0, 1], [1, 1]])
+
+
+def test_utf8_byte_order_mark(tmp_path):
+    """A BOM (Windows editors) is not part of the first line: "@relation" is found."""
+    path = tmp_path / "bom.arff"
+    path.write_bytes(b"\xef\xbb\xbf" + DENSE.replace("% a comment\n", "").encode())
+    data = load_arff(path, n_labels=2)
+    assert data.relation == "toy" and data.feature_names[0] == "size"
+    np.testing.assert_array_equal(data.Y, [[1, 0], [0, 1], [1, 1]])
 
 
 def test_hierarchical_xml(tmp_path):
@@ -380,6 +390,32 @@ def test_fetch_missing_without_download(tmp_path, monkeypatch):
     monkeypatch.setattr(_mulan, "_urlretrieve", no_download)
     with pytest.raises(MulanDataNotFoundError, match=r"yeast\.arff.*SKD2ACE_DATA"):
         fetch_mulan("yeast", data_home=tmp_path, download_if_missing=False)
+
+
+@pytest.mark.parametrize(
+    ("arff_text", "xml_text", "match"),
+    [
+        (DENSE[: DENSE.index("1.5,blue")] + "1.5,bl", XML, r"flags\.arff: cannot parse ARFF"),
+        (
+            DENSE,
+            XML.replace('"sad"', '"angry"'),
+            r"flags\.xml are not attributes of .*flags\.arff: \['angry'\]",
+        ),
+        (DENSE, "<labels><label name=", r"flags\.xml: not a valid MULAN label XML"),
+    ],
+    ids=["truncated-arff", "xml-names-other-labels", "truncated-xml"],
+)
+def test_fetch_unreadable_file_in_data_home(tmp_path, monkeypatch, arff_text, xml_text, match):
+    """A broken file already in the data home: a MulanFileError (a ValueError) naming
+    the file and saying how to get it back; nothing is downloaded."""
+    monkeypatch.setattr(_mulan, "_urlretrieve", no_download)
+    (tmp_path / "flags").mkdir()
+    write(tmp_path / "flags" / "flags.arff", arff_text)
+    write(tmp_path / "flags" / "flags.xml", xml_text)
+    with pytest.raises(MulanFileError, match=match) as info:
+        fetch_mulan("flags", data_home=tmp_path)
+    assert isinstance(info.value, ValueError)
+    assert "downloaded again" in str(info.value)
 
 
 def test_fetch_bad_arguments(tmp_path):

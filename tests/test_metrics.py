@@ -254,3 +254,102 @@ def test_non_finite_scores_raise():
 def test_empty_raises():
     with pytest.raises(ValueError, match="no sample"):
         macro_auc(np.zeros((0, 2)), np.zeros((0, 2)))
+
+
+# ------------------------------------------------------------------ a single label (q = 1)
+
+
+def _brute_force(Y, S, threshold=0.5):
+    """Every metric from its multi-label definition, by loops (no scikit-learn).
+
+    Degenerate rows follow the module's conventions (ranking loss 0, coverage 0 without
+    a relevant label, average precision 1); F1 with zero_division=0; AUC over the
+    (positive, negative) pairs, ties counting 1/2.
+    """
+    Y, S = np.asarray(Y, int), np.asarray(S, float)
+    P = (S > threshold).astype(int)
+    q = Y.shape[1]
+
+    def f1(tp, fp, fn):
+        return 0.0 if 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+    def auc(y, s):
+        pos, neg = s[y == 1], s[y == 0]
+        if not pos.size or not neg.size:
+            return np.nan
+        return np.mean([(a > b) + 0.5 * (a == b) for a in pos for b in neg])
+
+    loss, cov, ap = [], [], []
+    for y, s in zip(Y, S, strict=True):
+        rel, irr = np.flatnonzero(y), np.flatnonzero(1 - y)
+        pairs = [(i, j) for i in rel for j in irr]
+        loss.append(np.mean([s[i] <= s[j] for i, j in pairs]) if pairs else 0.0)
+        cov.append(max((s >= s[i]).sum() for i in rel) if rel.size else 0.0)
+        if rel.size in (0, q):
+            ap.append(1.0)
+        else:
+            ap.append(np.mean([(s[rel] >= s[i]).sum() / (s >= s[i]).sum() for i in rel]))
+    tp, fp, fn = (Y & P).sum(0), ((1 - Y) & P).sum(0), (Y & (1 - P)).sum(0)
+    aucs = [auc(Y[:, j], S[:, j]) for j in range(q)]
+    return {
+        "macro_auc": np.nanmean(aucs) if not np.isnan(aucs).all() else np.nan,
+        "micro_auc": auc(Y.ravel(), S.ravel()),
+        "ranking_loss": np.mean(loss),
+        "coverage": np.mean(cov),
+        "one_error": np.mean([y.any() and y[np.argmax(s)] == 0 for y, s in zip(Y, S, strict=True)]),
+        "average_precision": np.mean(ap),
+        "hamming_loss": np.mean(Y != P),
+        "macro_f1": np.mean([f1(*c) for c in zip(tp, fp, fn, strict=True)]),
+        "micro_f1": f1(tp.sum(), fp.sum(), fn.sum()),
+        "samples_f1": np.mean(
+            [
+                f1((y & p).sum(), ((1 - y) & p).sum(), (y & (1 - p)).sum())
+                for y, p in zip(Y, P, strict=True)
+            ]
+        ),
+        "subset_accuracy": np.mean((Y == P).all(axis=1)),
+    }
+
+
+def test_brute_force_reference_matches_on_several_labels(data):
+    """The reference of the q = 1 tests agrees with the module where scikit-learn works."""
+    Y, P = data
+    P = np.round(P, 1)  # ties, to exercise the tie conventions
+    assert evaluate(Y, P) == pytest.approx(_brute_force(Y, P), nan_ok=True)
+
+
+REVIEW_Y = np.array([[1], [0], [0], [0]])
+REVIEW_S = np.array([[0.9], [0.8], [0.2], [0.1]])
+
+
+@pytest.mark.parametrize(
+    ("Y", "S"),
+    [
+        (REVIEW_Y, REVIEW_S),
+        (REVIEW_Y.ravel(), REVIEW_S.ravel()),  # 1-D: one label column
+        (np.array([[1], [1], [0], [1], [0]]), np.array([[0.7], [0.2], [0.6], [0.6], [0.1]])),
+        (np.zeros((3, 1), int), np.array([[0.2], [0.7], [0.1]])),  # no positive at all
+        (np.ones((3, 1), int), np.array([[0.2], [0.7], [0.9]])),  # every row relevant
+    ],
+)
+def test_single_label_metrics_follow_their_definitions(Y, S, no_warnings):
+    """scikit-learn reads an (n, 1) indicator matrix as binary targets; every metric must
+    still be its multi-label definition with q = 1, and evaluate must work."""
+    expected = _brute_force(np.reshape(Y, (-1, 1)), np.reshape(S, (-1, 1)))
+    scores = evaluate(Y, S)
+    assert scores == pytest.approx(expected, nan_ok=True)
+    for name in METRIC_NAMES:
+        assert getattr(metrics, name)(Y, S) == pytest.approx(expected[name], nan_ok=True), name
+
+
+def test_single_label_equals_the_label_given_twice():
+    """A label repeated adds no information: every metric but coverage (which counts
+    labels) keeps its value."""
+    Y, S = REVIEW_Y, REVIEW_S
+    once, twice = evaluate(Y, S), evaluate(np.hstack([Y, Y]), np.hstack([S, S]))
+    assert once["macro_f1"] == pytest.approx(2 / 3)  # the label's F1, not 0.733
+    assert once["micro_f1"] == pytest.approx(2 / 3)  # not the accuracy 0.75
+    assert once["samples_f1"] == 0.25 and once["ranking_loss"] == 0.0
+    assert once["coverage"] == 0.25 and twice["coverage"] == 0.5
+    del once["coverage"], twice["coverage"]
+    assert once == pytest.approx(twice)

@@ -95,3 +95,64 @@ def test_bad_input(data):
         SelectionHistoryDisplay.from_estimator(LogisticRegression())
     with pytest.raises(ValueError, match="no epoch"):
         SelectionHistoryDisplay([])
+
+
+def visible_ticks(ticks, limits):
+    low, high = sorted(limits)
+    return [t for t in ticks if low <= t <= high]
+
+
+def test_a_single_epoch_is_drawn_on_integer_ticks(data):
+    """One epoch: every curve is one point, so it needs a marker to be seen, and the
+    epoch axis must read 1, not 0.96, 0.98, ...; without label names the heat maps'
+    rows are label indices, integers too."""
+    display = SelectionHistoryDisplay.from_estimator(fitted(data, max_epochs=1))
+    losses, schedule, v_e, v_h = display.axes_.flat
+    curves = [ax for ax in display.figure_.axes if ax.get_lines()]
+    lines = [line for ax in curves for line in ax.get_lines()]
+    # train and valid loss, validation AUC, pressure, mixture weight, ESS
+    assert len(lines) == 6
+    for line in lines:
+        assert line.get_marker() == "o" and list(line.get_xdata()) == [1]
+    for ax in (losses, schedule, v_e, v_h):
+        assert ax.get_xlim() == (0.5, 1.5)
+        assert visible_ticks(ax.get_xticks(), ax.get_xlim()) == [1]
+    for ax in (v_e, v_h):
+        assert visible_ticks(ax.get_yticks(), ax.get_ylim()) == [0, 1, 2, 3]  # 4 labels
+
+
+def test_many_epochs_plain_lines_and_integer_ticks():
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "label_weights_hardness": [1.0]} for e in range(1, 41)
+    ]
+    display = SelectionHistoryDisplay(history).plot()
+    losses, _, _, v_h = display.axes_.flat
+    (line,) = losses.get_lines()
+    assert line.get_marker() in (None, "None", "")
+    ticks = visible_ticks(losses.get_xticks(), losses.get_xlim())
+    assert len(ticks) > 2 and all(float(t).is_integer() for t in ticks)
+    assert visible_ticks(v_h.get_yticks(), v_h.get_ylim()) == [0]  # one label: index 0
+
+
+def test_history_as_a_dict_of_lists(data):
+    """A fold's history in results.json / folds.jsonl: one list per key."""
+    clf = fitted(data, max_epochs=3)
+    rows = list(clf.net_.history)
+    as_lists = {
+        key: [row.get(key) for row in rows]
+        for key in ("epoch", "train_loss", "valid_macro_auc", "label_weights_hardness")
+    }
+    as_lists["mixture_weight"] = [None, 0.5, None]  # None: an epoch without the value
+    display = SelectionHistoryDisplay(as_lists).plot()
+    np.testing.assert_array_equal(display.epochs_, [1, 2, 3])
+    np.testing.assert_allclose(display.column("train_loss"), [r["train_loss"] for r in rows])
+    np.testing.assert_array_equal(display.column("mixture_weight"), [np.nan, 0.5, np.nan])
+    np.testing.assert_allclose(
+        display.weights("label_weights_hardness"), [r["label_weights_hardness"] for r in rows]
+    )
+    with pytest.raises(TypeError, match=r"list of per-epoch values .*'train_loss'"):
+        SelectionHistoryDisplay({"epoch": [1], "train_loss": 0.5})
+    with pytest.raises(ValueError, match="one length"):
+        SelectionHistoryDisplay({"epoch": [1, 2], "train_loss": [0.5]})
+    with pytest.raises(ValueError, match="no epoch"):
+        SelectionHistoryDisplay({"epoch": []})

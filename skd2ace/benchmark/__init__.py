@@ -34,6 +34,7 @@ from ._plots import make_plots, plot_label_weights, plot_schedule, plot_valid_au
 from ._protocol import (
     DATASET_NAMES,
     HISTORY_KEYS,
+    MAX_SEED,
     STRATEGIES,
     SYNTHETIC_PARAMS,
     BenchmarkConfig,
@@ -69,6 +70,7 @@ __all__ = [
     "DATASET_NAMES",
     "FOLDS_FILE",
     "HISTORY_KEYS",
+    "MAX_SEED",
     "NON_RESULT_FIELDS",
     "REPORTED_METRICS",
     "STRATEGIES",

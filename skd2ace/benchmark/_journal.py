@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,28 @@ def append_fold(path: str | os.PathLike, result: dict[str, Any], config: Benchma
         fh.write(line)
 
 
+@contextmanager
+def _atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[Any]:
+    """Open ``path`` for writing so that it changes at once, when the block ends.
+
+    The block writes a temporary file next to ``path`` (same folder: same file system),
+    which then replaces ``path`` (:func:`os.replace`). An interruption or an error leaves
+    the old file, or none, never a half-written one; the temporary file is removed.
+    Text modes are UTF-8 unless ``encoding`` is given; ``kwargs`` go to :func:`open`.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+    try:
+        with open(tmp, mode, **kwargs) as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _start_journal(
     path: str | os.PathLike, results: Sequence[dict[str, Any]], config: BenchmarkConfig
 ) -> None:
@@ -231,10 +254,8 @@ def _start_journal(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     settings = result_settings(config)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with _atomic_open(path) as fh:
         fh.writelines(_journal_line(r, settings) for r in results)
-    os.replace(tmp, path)
 
 
 def _fold_from_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +271,8 @@ def read_journal(path: str | os.PathLike) -> FoldJournal:
     """Read a fold journal written by :func:`run_benchmark` (or :func:`append_fold`).
 
     A last line cut short (a crash or a killed machine while it was written: no newline
-    at its end) is ignored: its job counts as not finished.
+    at its end) is ignored: its job counts as not finished. A line repeating an earlier
+    line's fold job with the same result (a copy) is ignored too.
 
     Parameters
     ----------
@@ -269,8 +291,9 @@ def read_journal(path: str | os.PathLike) -> FoldJournal:
     FileNotFoundError
         No such file.
     ValueError
-        A complete line is not a journal line, or the lines were written by runs of
-        different settings.
+        A complete line is not a journal line (not UTF-8 text, not JSON, ...), two lines
+        hold different results of one fold job, or the lines were written by runs of
+        different settings. The message names the file (and the lines).
 
     Examples
     --------
@@ -292,15 +315,19 @@ def read_journal(path: str | os.PathLike) -> FoldJournal:
     ['max_epochs: 2 in the journal, 3 now']
     """
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         # A line is written with its newline in one go: the text after the last newline
         # is a line cut short (ignored; append_fold drops it before writing).
-        *lines, _ = fh.read().split("\n")
+        *lines, _ = fh.read().split(b"\n")
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    seen: dict[tuple[str, str, int, int], tuple[int, dict[str, Any]]] = {}
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
+            # Decoded line by line: the error then names the line (UnicodeDecodeError is
+            # a ValueError), and json.loads would guess another encoding from raw bytes.
+            line = raw.decode("utf-8")
             record = json.loads(line)
             if record.get("format") != _JOURNAL_FORMAT:
                 raise ValueError(f"format {record.get('format')!r}")
@@ -313,6 +340,19 @@ def read_journal(path: str | os.PathLike) -> FoldJournal:
                 "that line (the other lines keep their jobs), or delete the file or choose "
                 "another --out to start over."
             ) from None
+        key = _job_key(record["result"])
+        if key in seen:
+            # The same job twice (a line copied, or two runs' journals joined): a copy
+            # adds nothing and is dropped; of two different results neither is chosen.
+            first_number, first = seen[key]
+            if record != first:
+                raise ValueError(
+                    f"{path}, lines {first_number} and {number}: two different results of "
+                    f"the fold job {key} (dataset, strategy, seed, fold). Delete one of the "
+                    "two lines, or delete the file or choose another --out to start over."
+                )
+            continue
+        seen[key] = (number, record)
         records.append(record)
     fingerprints = sorted({r["fingerprint"] for r in records})
     if len(fingerprints) > 1:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..plotting import _epoch_axis, _epoch_marker, _integer_ticks
+from ._journal import _atomic_open
 from ._protocol import BenchmarkResult
 
 __all__ = [
@@ -29,6 +31,14 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG file, atomically (as the other reports)."""
+    path = Path(path)
+    with _atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+    return path
 
 
 def epoch_matrix(folds: Sequence[dict[str, Any]], key: str) -> np.ndarray:
@@ -102,28 +112,30 @@ def plot_valid_auc(result: BenchmarkResult, dataset: str, path: str | os.PathLik
     """Validation macro-AUC per epoch for each strategy: mean over folds × seeds ± std."""
     fig = _figure(7, 4.2)
     ax = fig.add_subplot()
+    n_epochs = 0
     for strategy, folds in _by_strategy(result, dataset).items():
         mat = epoch_matrix(folds, "valid_macro_auc")
         if mat.size == 0 or np.isnan(mat).all():
             continue
         x, mean, std = _mean_band(mat)
+        n_epochs = max(n_epochs, x.size)
         (line,) = ax.plot(
             x,
             mean,
-            marker="o" if x.size <= 30 else None,
+            marker=_epoch_marker(x.size),
             ms=3,
             label=f"{strategy} (n={mat.shape[0]})",
         )
         ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    if n_epochs:
+        _epoch_axis(ax, 1, n_epochs)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation macro-AUC")
     ax.set_title(f"{dataset}: validation macro-AUC (mean ± std over folds × seeds)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_schedule(result: BenchmarkResult, dataset: str, path: str | os.PathLike) -> Path:
@@ -136,22 +148,31 @@ def plot_schedule(result: BenchmarkResult, dataset: str, path: str | os.PathLike
         ("selection_ess", "effective sample size / N"),
     )
     for ax, (key, title) in zip(axes, panels, strict=True):
+        n_epochs = 0
         for strategy, folds in _by_strategy(result, dataset).items():
             mat = epoch_matrix(folds, key)
             if mat.size == 0 or np.isnan(mat).all():
                 continue
             x, mean, std = _mean_band(mat)
-            (line,) = ax.plot(x, mean, label=strategy, ls="--" if strategy == "random" else "-")
+            n_epochs = max(n_epochs, x.size)
+            (line,) = ax.plot(
+                x,
+                mean,
+                label=strategy,
+                ls="--" if strategy == "random" else "-",
+                marker=_epoch_marker(x.size),
+                ms=3,
+            )
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+        if n_epochs:
+            _epoch_axis(ax, 1, n_epochs)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     fig.suptitle(f"{dataset}: selection schedule (mean over folds × seeds)")
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_label_weights(
@@ -192,12 +213,13 @@ def plot_label_weights(
                 extent=(0.5, mat.shape[0] + 0.5, -0.5, mat.shape[1] - 0.5),
             )
             fig.colorbar(image, ax=ax, label="weight")
+            _epoch_axis(ax, 1, mat.shape[0])
             if 0 < len(names) == mat.shape[1] <= 30:
                 ax.set_yticks(np.arange(mat.shape[1]), labels=names, fontsize="x-small")
+            else:  # label indices
+                _integer_ticks(ax.yaxis)
     fig.suptitle(f"{dataset}: dynamic label weights per epoch (mean over folds × seeds)")
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def make_plots(result: BenchmarkResult, out_dir: str | os.PathLike) -> list[Path]:

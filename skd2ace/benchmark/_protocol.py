@@ -25,6 +25,7 @@ from ..sampler import BATCH_SELECTIONS
 __all__ = [
     "DATASET_NAMES",
     "HISTORY_KEYS",
+    "MAX_SEED",
     "STRATEGIES",
     "SYNTHETIC_PARAMS",
     "BenchmarkConfig",
@@ -53,6 +54,10 @@ SYNTHETIC_PARAMS: dict[str, Any] = {
 
 #: Names accepted by :func:`load_dataset`: ``"synthetic"`` and the MULAN benchmarks.
 DATASET_NAMES: tuple[str, ...] = ("synthetic", *MULAN_DATASETS)
+
+#: The largest seed of :class:`BenchmarkConfig` (``2**32 - 1``: the folds are shuffled
+#: by a :class:`numpy.random.RandomState`, which takes 32-bit seeds).
+MAX_SEED: int = 2**32 - 1
 
 #: Batch-selection strategies (values of the estimator's ``batch_selection``).
 STRATEGIES: tuple[str, ...] = tuple(BATCH_SELECTIONS)
@@ -90,7 +95,8 @@ class BenchmarkConfig:
         Folds of the multi-label iterative stratification.
     seeds : sequence of int, default=(0,)
         One repeat of the whole cross-validation per seed: the seed shuffles the folds
-        and (with the fold index) seeds the model, see :func:`fold_random_state`.
+        and (with the fold index) seeds the model, see :func:`fold_random_state`. Each
+        in [0, :data:`MAX_SEED`].
     max_epochs, batch_size, lr, hidden_layer_sizes, validation_fraction, threshold, device
         Passed to :class:`~skd2ace.D2ACEMultiLabelClassifier`.
     preprocess : bool, default=True
@@ -155,8 +161,9 @@ class BenchmarkConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown:
             raise ValueError(f"Unknown strategy(ies) {unknown}; choose from {list(STRATEGIES)}.")
-        if min(self.seeds) < 0:
-            raise ValueError(f"seeds must be >= 0, got {list(self.seeds)}.")
+        if min(self.seeds) < 0 or max(self.seeds) > MAX_SEED:
+            # The folds are shuffled by a numpy RandomState, seeded by 32-bit integers.
+            raise ValueError(f"seeds must be in [0, 2**32 - 1], got {list(self.seeds)}.")
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}.")
         if self.max_epochs < 1:
@@ -440,7 +447,32 @@ def _warm_up_torch() -> None:
 
 
 class InsufficientDataError(ValueError):
-    """A data set has too few rows or no labels left for the protocol's folds."""
+    """A data set has too few rows or labels left for the protocol's folds."""
+
+
+def _check_enough_data(name: str, Y: np.ndarray, config: BenchmarkConfig) -> None:
+    """Raise :class:`InsufficientDataError` unless ``Y`` has a row per fold and at least
+    two labels: the multi-label iterative stratification rejects a single label column
+    (it reads it as binary targets)."""
+    n_rows, n_labels = Y.shape
+    if n_rows >= config.n_folds and n_labels >= 2:
+        return
+    where = (
+        f"after preprocessing (labels with <= {config.min_positives} positives dropped, "
+        "then rows without a label)"
+        if config.preprocess
+        else "(no preprocessing)"
+    )
+    if n_rows < config.n_folds:
+        needs = f"too few rows for {config.n_folds} folds"
+    else:
+        needs = "the multi-label protocol needs at least 2 labels"
+        if config.preprocess:
+            needs += " (a lower min_positives keeps more)"
+    raise InsufficientDataError(
+        f"Data set {name!r} has {n_rows} rows and {n_labels} label{'s' * (n_labels != 1)} "
+        f"{where}: {needs}."
+    )
 
 
 @contextmanager
@@ -673,7 +705,8 @@ def run_benchmark(
     Raises
     ------
     InsufficientDataError
-        A data set has fewer rows than folds, or no label, after preprocessing.
+        A data set has fewer rows than folds, or fewer than 2 labels, after
+        preprocessing.
     BenchmarkInterrupted
         Ctrl-C (:class:`KeyboardInterrupt`) while the jobs ran; its ``result`` holds the
         jobs finished so far (also in ``journal``).
@@ -725,11 +758,7 @@ def run_benchmark(
     n_jobs = effective_n_jobs(config.n_jobs)
     jobs = []
     for name, bunch in data.items():
-        if bunch.Y.shape[0] < config.n_folds or bunch.Y.shape[1] == 0:
-            raise InsufficientDataError(
-                f"Data set {name!r} has {bunch.Y.shape[0]} rows and {bunch.Y.shape[1]} labels "
-                f"after preprocessing: too few for {config.n_folds} folds."
-            )
+        _check_enough_data(name, bunch.Y, config)
         for seed in config.seeds:
             for fold, (train, test) in enumerate(fold_splits(bunch.Y, config.n_folds, seed)):
                 for strategy in config.strategies:

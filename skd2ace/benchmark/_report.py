@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..datasets import MULAN_DATASETS, get_data_home
 from ..metrics import LOWER_IS_BETTER, METRIC_NAMES
+from ._journal import _atomic_open
 from ._protocol import _ARRAY_KEYS, BenchmarkResult, _json_safe
 
 __all__ = [
@@ -199,9 +201,10 @@ def results_markdown(result: BenchmarkResult, summary: dict | None = None) -> st
 def write_results_markdown(
     result: BenchmarkResult, path: str | os.PathLike, summary: dict | None = None
 ) -> Path:
-    """Write :func:`results_markdown` to ``path``."""
+    """Write :func:`results_markdown` to ``path`` (atomically, as every report)."""
     path = Path(path)
-    path.write_text(results_markdown(result, summary), encoding="utf-8")
+    with _atomic_open(path) as fh:
+        fh.write(results_markdown(result, summary))
     return path
 
 
@@ -380,7 +383,8 @@ def write_comparison_markdown(
 ) -> Path:
     """Write :func:`comparison_markdown` to ``path``."""
     path = Path(path)
-    path.write_text(comparison_markdown(result, comparison), encoding="utf-8")
+    with _atomic_open(path) as fh:
+        fh.write(comparison_markdown(result, comparison))
     return path
 
 
@@ -395,7 +399,7 @@ def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> Path:
     ``len(REPORTED_METRICS)`` rows). Undefined values are empty cells.
     """
     path = Path(path)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with _atomic_open(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["dataset", "strategy", "seed", "fold", "metric", "value"])
         for r in result.folds:
@@ -457,7 +461,9 @@ def write_json(
 ) -> Path:
     """Write ``results.json``: configuration, environment, every fold, summaries.
 
-    Keys: ``argv``, ``config`` (:meth:`BenchmarkConfig.to_dict`), ``environment``
+    Keys: ``argv``, ``config`` (:meth:`BenchmarkConfig.to_dict`, with ``data_home``
+    the absolute data folder the MULAN files were read from, whether given or
+    ``$SKD2ACE_DATA`` or the default; as given without a MULAN data set), ``environment``
     (:func:`environment`), ``wall_time_s``, ``n_fold_jobs`` (of the configuration),
     ``complete`` (False for the partial reports of an interrupted run), ``n_resumed``
     (jobs finished before a resumed run), ``datasets`` (shapes, label names),
@@ -467,9 +473,14 @@ def write_json(
     numbers are ``null``.
     """
     path = Path(path)
+    config = result.config.to_dict()
+    if any(name in MULAN_DATASETS for name in result.config.datasets):
+        # The folder the MULAN files were read from, also when it came from
+        # $SKD2ACE_DATA or the default (data_home None): the report says where.
+        config["data_home"] = str(get_data_home(result.config.data_home).absolute())
     payload = {
         "argv": None if argv is None else list(argv),
-        "config": result.config.to_dict(),
+        "config": config,
         "environment": environment(),
         "wall_time_s": result.wall_time_s,
         "n_fold_jobs": result.n_fold_jobs,
@@ -482,7 +493,7 @@ def write_json(
         "summary": summarize(result) if summary is None else summary,
         "comparison": compare_strategies(result) if comparison is None else comparison,
     }
-    with open(path, "w", encoding="utf-8") as fh:
+    with _atomic_open(path) as fh:
         json.dump(_json_safe(payload), fh, indent=1, allow_nan=False)
         fh.write("\n")
     return path
@@ -498,7 +509,9 @@ def write_reports(
     """Write every output of a benchmark run into ``out_dir`` (created if needed).
 
     ``results.md``, ``results.csv``, ``results.json``, ``comparison.md`` and, with
-    ``plots=True``, the PNG files of :func:`skd2ace.benchmark.make_plots`.
+    ``plots=True``, the PNG files of :func:`skd2ace.benchmark.make_plots`. Each file is
+    replaced at once (written next to it, then renamed): an interruption leaves the
+    previous version of a report or the new one, never a file cut short.
 
     Returns
     -------

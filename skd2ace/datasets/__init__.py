@@ -12,6 +12,7 @@ from ._mulan import (
     MULAN_DATASETS,
     ChecksumError,
     MulanDataNotFoundError,
+    MulanFileError,
     fetch_mulan,
     get_data_home,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "MULAN_DATASETS",
     "ChecksumError",
     "MulanDataNotFoundError",
+    "MulanFileError",
     "fetch_mulan",
     "get_data_home",
     "load_arff",

@@ -62,7 +62,9 @@ def read_label_xml(path: str | os.PathLike) -> list[str]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (some Windows editors write one) is dropped, not
+        # read as part of the first line, where liac-arff would reject "@relation".
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         # Some old ARFF files are Latin-1; every byte decodes there.
         return path.read_text(encoding="latin-1")
@@ -210,7 +212,8 @@ def load_arff(
     Parameters
     ----------
     path : str or path-like
-        The ``.arff`` file (UTF-8; Latin-1 is accepted as a fallback).
+        The ``.arff`` file (UTF-8, with or without a byte-order mark; Latin-1 is
+        accepted as a fallback).
     label_xml : str or path-like, optional
         MULAN XML header naming the labels. Names are matched to attributes by name; the
         XML's order is ignored (enron's XML lists its labels in another order than its

@@ -21,6 +21,7 @@ __all__ = [
     "MULAN_DATASETS",
     "ChecksumError",
     "MulanDataNotFoundError",
+    "MulanFileError",
     "fetch_mulan",
     "get_data_home",
 ]
@@ -50,6 +51,11 @@ class MulanDataNotFoundError(FileNotFoundError):
 
 class ChecksumError(OSError):
     """A downloaded file does not have the SHA-256 recorded in ``skd2ace/data/mulan.json``."""
+
+
+class MulanFileError(ValueError):
+    """A MULAN file found in the data home cannot be read (e.g. a truncated ARFF file,
+    or an XML header naming labels the ARFF file lacks); the message names the file."""
 
 
 @lru_cache(maxsize=1)
@@ -202,6 +208,10 @@ def fetch_mulan(
         the file, the data home and the environment variable.
     ChecksumError
         (an ``OSError``) A downloaded file has the wrong SHA-256; it is removed.
+    MulanFileError
+        (a ``ValueError``) A file in the data home cannot be read: not ARFF, cut short,
+        labels of the XML header missing from the ARFF file, ... (files already present
+        are not verified against their checksum).
 
     Examples
     --------
@@ -237,7 +247,14 @@ def fetch_mulan(
     arff_path = _locate(key, arff_name, home, download_if_missing, files[arff_name])
     xml_path = _locate(key, xml_name, home, download_if_missing, files[xml_name])
 
-    data = load_arff(arff_path, label_xml=xml_path)
+    try:
+        data = load_arff(arff_path, label_xml=xml_path)
+    except ValueError as exc:  # the file's content (load_arff names the file)
+        raise MulanFileError(
+            f"{str(exc).rstrip('.')}. Delete the broken file (it is downloaded again) or "
+            f"replace it by the MULAN original: {files[arff_name]['url']}, "
+            f"{files[xml_name]['url']}."
+        ) from exc
     n, d = data.X.shape
     q = data.Y.shape[1]
     data.name = key
