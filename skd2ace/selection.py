@@ -172,9 +172,12 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
         total += ones[: len(block)] @ block
         block *= block
         squares += ones[: len(block)] @ block
-    mean = total / n
-    var = np.maximum(squares / n - mean**2, 0.0)
-    return np.exp(a * mean + b * np.sqrt(var))
+    # Non-finite metrics (a diverged model) give NaN weights here, without numpy's
+    # RuntimeWarnings: the scores' uniform fallback warns once, saying why.
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = total / n
+        var = np.maximum(squares / n - mean**2, 0.0)
+        return np.exp(a * mean + b * np.sqrt(var))
 
 
 def local_label_context(Y, neighbors: np.ndarray) -> np.ndarray:
@@ -300,7 +303,8 @@ def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
             stacklevel=2,
         )
         return np.full(n, 1.0 / n)
-    span = high - low
+    with np.errstate(over="ignore"):  # an overflowing range is handled just below
+        span = high - low
     if not np.isfinite(span):  # finite scores whose range overflows float64
         a_hat = (a / 2 - low / 2) / (high / 2 - low / 2)
     elif span > 0:
@@ -428,12 +432,16 @@ def d2ace_distribution(
         if share == 0.0:
             return v, None
         m = _floats(metric)
-        if correlation:
-            # M ⊙ Y once for both terms (the sparse one costs a gather of nnz(Y) values).
-            masked = _masked_metric(m, labels)
-            scores = _scores(m, masked, Z, v, _correlation(masked, q))
-        else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
-            scores = m @ v.astype(m.dtype)
+        # Non-finite metrics (a diverged model) make the scores non-finite on the way:
+        # rank_probabilities then falls back to uniform with one NonFiniteScoresWarning,
+        # which says why, instead of numpy's RuntimeWarnings from every step here.
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if correlation:
+                # M ⊙ Y once for both terms (the sparse one: a gather of nnz(Y) values).
+                masked = _masked_metric(m, labels)
+                scores = _scores(m, masked, Z, v, _correlation(masked, q))
+            else:  # S ≡ 0: the scores reduce to Σ_j v_j M_ij
+                scores = m @ v.astype(m.dtype)
         return v, share * rank_probabilities(scores, pressure)
 
     jobs = [(uncertainty_metric, mixture), (hardness_metric, 1.0 - mixture)]
