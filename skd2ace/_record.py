@@ -1,4 +1,4 @@
-"""What D2ACE records while a network trains (METHOD.md §1)."""
+"""What D2ACE records while a network trains (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class TrainingRecord:
     predicted probability, the flip EMA ``f_ij``, the latest elementwise loss and a
     ring of the last ``W − 1`` absolute probability changes (quantised to
     1/65535), and the two metrics ``E`` (uncertainty) and ``H`` (hardness) of
-    METHOD.md §2, recomputed with the functional core
+    docs/method.md §2, recomputed with the functional core
     (:func:`skd2ace.selection.combine_uncertainty`,
     :func:`~skd2ace.selection.hardness`) for every instance whose state changes.
 
@@ -431,7 +431,7 @@ class TrainingRecord:
 
 def check_history_size(history_size) -> int:
     """``history_size`` (W) as an int, or ``ValueError`` unless it is an integer ≥ 2:
-    a window of one prediction has no change to average (METHOD.md §2), and a ring
+    a window of one prediction has no change to average (docs/method.md §2), and a ring
     of ``max(W − 1, 1)`` slots would silently average one change anyway."""
     if isinstance(history_size, bool) or not isinstance(history_size, (int, np.integer)):
         raise ValueError(f"history_size must be an integer >= 2, got {history_size!r}")

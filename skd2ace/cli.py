@@ -48,7 +48,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "seeds": [0],
 }
 
-#: Defaults of ``skd2ace benchmark``: the reference protocol (METHOD.md §10).
+#: Defaults of ``skd2ace benchmark``: the reference protocol (docs/method.md §10).
 BENCHMARK_DEFAULTS: dict[str, Any] = {
     "datasets": ["synthetic"],
     "strategies": ["d2ace", "random"],

@@ -4,13 +4,13 @@ Every function takes the true label matrix ``y_true`` (N, q) with entries in {0,
 score matrix ``y_score`` (N, q), normally the predicted probabilities of
 ``predict_proba``. Ranking metrics use the scores as they are; the thresholded metrics
 predict a label when ``y_score > threshold`` (0.5 by default), which is the rule
-``predict`` of the estimators uses. The reported set is the one of METHOD.md §10.
+``predict`` of the estimators uses. The reported set is the one of docs/method.md §10.
 
 scikit-learn's implementations are used wherever they exist; only ``one_error`` is
 computed here. Conventions worth knowing (all from scikit-learn unless stated):
 
 * ``macro_auc`` averages ROC-AUC over the label columns that hold both classes; columns
-  with one class only are skipped (METHOD.md §10), ``nan`` if none qualifies.
+  with one class only are skipped (docs/method.md §10), ``nan`` if none qualifies.
 * ``micro_auc`` is ROC-AUC on all (instance, label) pairs pooled; ``nan`` if the pooled
   truth holds one class only.
 * Rows with no relevant label (or with all labels relevant) are *degenerate* for the
@@ -146,7 +146,7 @@ def macro_auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Mean ROC-AUC over the label columns that hold both classes.
 
     Columns of ``y_true`` with one class only (no positive, or no negative) have no
-    ROC-AUC; they are skipped, as in the reference protocol (METHOD.md §10), and no
+    ROC-AUC; they are skipped, as in the reference protocol (docs/method.md §10), and no
     warning is issued for them.
 
     Parameters

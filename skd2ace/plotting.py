@@ -38,6 +38,21 @@ def _epoch_axis(ax, first: int, last: int) -> None:
         ax.set_xlim(first - 0.5, last + 0.5)
 
 
+def _legend_on_top(ax, twin, lines) -> None:
+    """One legend for ``ax`` and its ``twin`` in a strip of headroom above the curves.
+
+    ``loc="best"`` only avoids the artists of the axes that owns the legend, so on a
+    twinned panel it lands on the other axes' curves; the y ranges are raised by a
+    third instead, and the legend takes that top strip.
+    """
+    for axes in (ax, twin):
+        if axes is not None:
+            low, high = axes.get_ylim()
+            axes.set_ylim(low, high + (high - low) / 3)
+    handles, labels = lines
+    ax.legend(handles, labels, loc="upper center", ncols=min(len(handles), 3), fontsize="small")
+
+
 def _history_rows(history) -> list[dict]:
     """One dict per epoch, from epoch dicts or from a dict of per-epoch lists."""
     if isinstance(history, Mapping):
@@ -220,8 +235,9 @@ class SelectionHistoryDisplay:
             twin.set_ylabel("macro-AUC")
             extra = twin.get_legend_handles_labels()
             lines = (lines[0] + extra[0], lines[1] + extra[1])
-        if lines[0]:
-            ax.legend(*lines, loc="best", fontsize="small")
+            _legend_on_top(ax, twin, lines)
+        elif lines[0]:
+            _legend_on_top(ax, None, lines)
 
     def _plot_schedule(self, ax) -> None:
         marker = _epoch_marker(len(self.epochs_))
@@ -238,14 +254,17 @@ class SelectionHistoryDisplay:
         ax.set(title="selection schedule", xlabel="epoch", ylabel="pressure")
         lines = ax.get_legend_handles_labels()
         twin = ax.twinx()
-        for key, label in (("mixture_weight", "mixture weight β"), ("selection_ess", "ESS / N")):
+        for key, label, color in (
+            ("mixture_weight", "mixture weight β", "tab:blue"),
+            ("selection_ess", "ESS / N", "tab:orange"),  # the same colour with or without β
+        ):
             values = self.column(key)
             if values is not None:
-                twin.plot(self.epochs_, values, "--", marker=marker, ms=3, label=label)
+                twin.plot(self.epochs_, values, "--", color=color, marker=marker, ms=3, label=label)
         twin.set(ylim=(0, 1.05), ylabel="β, ESS / N")
         extra = twin.get_legend_handles_labels()
         if lines[0] or extra[0]:
-            ax.legend(lines[0] + extra[0], lines[1] + extra[1], loc="best", fontsize="small")
+            _legend_on_top(ax, twin, (lines[0] + extra[0], lines[1] + extra[1]))
 
     def _plot_weights(self, ax, key: str, title: str) -> None:
         weights = self.weights(key)

@@ -29,7 +29,7 @@ LABEL_CONTEXTS = ("local", "global", "none")
 
 
 class D2ACEBatchSampler(Sampler):
-    """Batch sampler that draws each epoch's mini-batches with D2ACE (METHOD.md §8).
+    """Batch sampler that draws each epoch's mini-batches with D2ACE (docs/method.md §8).
 
     Iterating the sampler (the DataLoader does it once per epoch) plans the whole
     epoch at once: during warm-up a uniform permutation cut into batches,
@@ -49,7 +49,7 @@ class D2ACEBatchSampler(Sampler):
     strategy : {'d2ace', 'random'}, default='d2ace'
         'random' shuffles uniformly every epoch and records nothing.
     warmup_epochs, ramp_end : int or None
-        ``e_w`` and ``e_m`` (METHOD.md §6–7); None gives ``round(0.1·T)`` and
+        ``e_w`` and ``e_m`` (docs/method.md §6–7); None gives ``round(0.1·T)`` and
         ``round(0.7·T)``.
     neighbors : ndarray of shape (N, k), Future of one, callable, or None
         Nearest other instances of each instance, for the local label context.
@@ -63,7 +63,7 @@ class D2ACEBatchSampler(Sampler):
     history_size, flip_decay, fluctuation_weight, weight_mean, weight_std,
     initial_pressure, mixture_start, mixture_end, dynamic_weights
         ``W``, ``α``, ``λ``, ``a``, ``b``, ``s0``, ``β0``, ``β1`` and whether the
-        label weights are dynamic (METHOD.md §9); ``history_size ≥ 2``.
+        label weights are dynamic (docs/method.md §9); ``history_size ≥ 2``.
     random_state : int or numpy Generator, default=None
     device : str or torch.device, default=None
         Where the network trains (None: the CPU). On a CUDA device with many labels
@@ -137,7 +137,7 @@ class D2ACEBatchSampler(Sampler):
         self.batch_size = int(batch_size)
         self.max_epochs = int(max_epochs)
         self.strategy = strategy
-        # Defaults of METHOD.md §9: 10% and 70% of the epochs.
+        # Defaults of docs/method.md §9: 10% and 70% of the epochs.
         self.warmup_epochs = (
             round(0.1 * max_epochs) if warmup_epochs is None else int(warmup_epochs)
         )

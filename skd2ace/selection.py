@@ -1,7 +1,7 @@
 """The D2ACE selection maths as pure numpy functions (the functional core).
 
 Every function here implements one formula of the D2ACE method (Liu et al.,
-IJCAI-ECAI 2026) exactly as specified in ``METHOD.md``; the batch sampler of
+IJCAI-ECAI 2026) exactly as specified in ``docs/method.md``; the batch sampler of
 :class:`skd2ace.D2ACEMultiLabelClassifier` only records training statistics and
 calls these functions once per epoch. Researchers can call them directly.
 
@@ -98,7 +98,7 @@ def combine_uncertainty(
 
 
 def uncertainty(history: np.ndarray, lam: float = 0.5) -> np.ndarray:
-    """Uncertainty ``E`` of every instance and label (METHOD.md §2).
+    """Uncertainty ``E`` of every instance and label (docs/method.md §2).
 
     ``E_ij = λ · mean_t |p^(t) − p^(t−1)| + (1 − λ) · H2(p^(last))``: the mean is
     over consecutive pairs of recorded predictions in the window (0 with fewer than
@@ -138,7 +138,7 @@ def uncertainty(history: np.ndarray, lam: float = 0.5) -> np.ndarray:
 
 
 def hardness(loss: np.ndarray, flip_ema: np.ndarray) -> np.ndarray:
-    """Noise-resistant hardness ``H = (1 − exp(−loss)) · (1 − flip_ema)`` (METHOD.md §2).
+    """Noise-resistant hardness ``H = (1 − exp(−loss)) · (1 − flip_ema)`` (docs/method.md §2).
 
     The first factor maps the latest elementwise loss into ``[0, 1)``; the second
     discounts labels whose predictions keep oscillating (likely noise).
@@ -153,7 +153,7 @@ def hardness(loss: np.ndarray, flip_ema: np.ndarray) -> np.ndarray:
 
 
 def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndarray:
-    """Dynamic label weights ``v_j = exp(a·mean_i M_ij + b·std_i M_ij)`` (METHOD.md §3).
+    """Dynamic label weights ``v_j = exp(a·mean_i M_ij + b·std_i M_ij)`` (docs/method.md §3).
 
     The standard deviation is the population one (``ddof=0``).
 
@@ -181,7 +181,7 @@ def label_weights(metric: np.ndarray, a: float = 0.5, b: float = 0.5) -> np.ndar
 
 
 def local_label_context(Y, neighbors: np.ndarray) -> np.ndarray:
-    """Local label context ``Z`` (METHOD.md §4.1).
+    """Local label context ``Z`` (docs/method.md §4.1).
 
     ``Z_ij = 1`` when instance ``i`` or any of its neighbours has label ``j``.
 
@@ -215,7 +215,7 @@ def local_label_context(Y, neighbors: np.ndarray) -> np.ndarray:
 
 
 def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
-    """Row-normalised cosine similarity of the masked metric columns (METHOD.md §4.2–3).
+    """Row-normalised cosine similarity of the masked metric columns (docs/method.md §4.2–3).
 
     ``M̃ = M ⊙ Y``; ``C_jk = ⟨M̃_·j, M̃_·k⟩ / ((‖M̃_·j‖ + ε)(‖M̃_·k‖ + ε))``; each row
     is then divided by its sum plus ``ε``. For large problems only the positive
@@ -240,7 +240,7 @@ def label_correlation(metric: np.ndarray, Y, eps: float = 1e-8) -> np.ndarray:
 
 
 def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: np.ndarray):
-    """Correlation-enhanced instance scores (METHOD.md §4.4 and §5).
+    """Correlation-enhanced instance scores (docs/method.md §4.4 and §5).
 
     ``score_i = Σ_j v_j · M_ij · (1 + y_ij · S_ij)`` with ``S = Z · C̄ᵀ``. ``S`` is
     never materialised: ``Σ_j v_j M̃_ij S_ij = Σ_k Z_ik [(M̃ diag v) C̄]_ik``, which
@@ -277,7 +277,7 @@ def instance_scores(metric: np.ndarray, Y, Z, weights: np.ndarray, correlation: 
 
 
 def rank_probabilities(scores: np.ndarray, pressure: float) -> np.ndarray:
-    """Quantised-rank sampling probabilities with selection pressure (METHOD.md §6).
+    """Quantised-rank sampling probabilities with selection pressure (docs/method.md §6).
 
     ``â = (a − min a)/(max a − min a)`` (zeros when constant);
     ``κ_i = clip(⌈N(1 − â_i)⌉, 1, N)``; ``π_i ∝ s^(−κ_i/N)``. The top-scored
@@ -324,7 +324,7 @@ def selection_pressure(
 ) -> float:
     """Selection pressure ``s_e``: ``s0`` during warm-up, then exponential decay to 1.
 
-    ``s_e = max(1, s0^(1 − (e − e_w)/(T − e_w)))`` for ``e ≥ e_w`` (METHOD.md §6).
+    ``s_e = max(1, s0^(1 − (e − e_w)/(T − e_w)))`` for ``e ≥ e_w`` (docs/method.md §6).
 
     Examples
     --------
@@ -342,7 +342,7 @@ def selection_pressure(
 def mixture_weight(
     epoch: int, warmup_epochs: int, ramp_end: int, start: float = 0.7, end: float = 0.3
 ) -> float:
-    """Weight ``β_e`` of the uncertainty pool in the stage-wise mixture (METHOD.md §7).
+    """Weight ``β_e`` of the uncertainty pool in the stage-wise mixture (docs/method.md §7).
 
     ``β_e = β0 + (β1 − β0) · clip((e − e_w)/(e_m − e_w), 0, 1)``.
 
@@ -386,7 +386,7 @@ def d2ace_distribution(
     dynamic_weights: bool = True,
     correlation: bool = True,
 ) -> tuple[np.ndarray, dict]:
-    """The epoch's sampling distribution ``P`` from the two metrics (METHOD.md §3–§7).
+    """The epoch's sampling distribution ``P`` from the two metrics (docs/method.md §3–§7).
 
     ``P = β·π(u, s) + (1 − β)·π(h, s)`` where ``u`` and ``h`` are the
     correlation-enhanced instance scores of the uncertainty and hardness metrics.
@@ -466,7 +466,7 @@ def d2ace_distribution(
 def draw_batches(
     p: np.ndarray, n_batches: int, batch_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Draw the batches of an epoch from ``p`` (METHOD.md §8).
+    """Draw the batches of an epoch from ``p`` (docs/method.md §8).
 
     Each batch holds distinct instances drawn from ``p`` without replacement
     (successive sampling); instances may repeat across batches. Batches hold

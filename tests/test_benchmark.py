@@ -235,6 +235,18 @@ def test_summary_equal_means_both_bold_and_nan():
     assert cmp["datasets"]["toy"]["d2ace"]["macro_auc"]["p_value"] == 1.0
 
 
+def test_means_equal_as_shown_are_all_best():
+    # 0.70001 and 0.70002 both read 0.7000: bolding one of two equal-looking cells
+    # would claim a difference the table does not show.
+    result = fake_result({"d2ace": [0.70001] * 3, "random": [0.70002] * 3})
+    row = next(line for line in results_markdown(result).splitlines() if "| macro_auc" in line)
+    assert row.count("**0.7000 ± 0.0000**") == 2
+    table = console_table(result)
+    macro = next(line for line in table.splitlines() if line.startswith("macro_auc"))
+    assert macro.count("0.7000 ± 0.0000*") == 2
+    assert "* the best mean of a row as shown" in table
+
+
 def test_one_strategy_has_nothing_to_compare():
     result = fake_result({"d2ace": [0.7, 0.8, 0.9]}, strategies=("d2ace",))
     assert compare_strategies(result)["datasets"]["toy"] == {}

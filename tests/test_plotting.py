@@ -156,3 +156,26 @@ def test_history_as_a_dict_of_lists(data):
         SelectionHistoryDisplay({"epoch": [1, 2], "train_loss": [0.5]})
     with pytest.raises(ValueError, match="no epoch"):
         SelectionHistoryDisplay({"epoch": []})
+
+
+def _panel_lines(display, panel):
+    """The lines of a top panel and of its twin (one legend covers both)."""
+    ax = display.axes_.flat[panel]
+    axes = [a for a in display.figure_.axes if a is ax or a.get_shared_x_axes().joined(a, ax)]
+    return [(a, line) for a in axes for line in a.get_lines()]
+
+
+@pytest.mark.parametrize("selection", ["d2ace", "random"])
+def test_the_top_legends_sit_above_every_curve(data, selection):
+    # loc="best" only avoids the curves of the axes holding the legend, not its twin's:
+    # the curves keep to the lower three quarters, the legend to the strip above.
+    display = SelectionHistoryDisplay.from_estimator(fitted(data, batch_selection=selection))
+    display.figure_.canvas.draw()
+    for panel in (0, 1):
+        legend = display.axes_.flat[panel].get_legend()
+        box = legend.get_window_extent()
+        for axes, line in _panel_lines(display, panel):
+            y = axes.transData.transform(np.column_stack([line.get_xdata(), line.get_ydata()]))
+            assert np.nanmax(y[:, 1]) < box.y0, line.get_label()
+    colours = {line.get_label(): line.get_color() for _, line in _panel_lines(display, 1)}
+    assert colours["ESS / N"] == "tab:orange"  # with or without the mixture's line

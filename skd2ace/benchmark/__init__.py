@@ -1,4 +1,4 @@
-"""Benchmarking batch-selection strategies under the reference protocol (METHOD.md §10).
+"""Benchmarking batch-selection strategies under the reference protocol (docs/method.md §10).
 
 :func:`run_benchmark` trains one model per (dataset, strategy, seed, fold): multi-label
 iteratively stratified K-fold, 10 % of every training fold held out by the estimator to

@@ -1,4 +1,4 @@
-"""The reference evaluation protocol (METHOD.md §10): data, folds, one model per fold job."""
+"""The reference evaluation protocol (docs/method.md §10): data, folds, one model per fold job."""
 
 from __future__ import annotations
 

@@ -117,12 +117,14 @@ def summarize(result: BenchmarkResult) -> dict[str, dict[str, dict[str, dict[str
 
 
 def _best(means: dict[str, float], metric: str) -> set[str]:
-    """Strategies with the best mean (ties all best; none if every mean is nan)."""
-    finite = {s: m for s, m in means.items() if math.isfinite(m)}
-    if not finite:
+    """Strategies with the best mean as shown (rounded to the table's digits: means that
+    read the same are all best, never one of two equal-looking cells; none if every
+    mean is nan)."""
+    shown = {s: round(m, _digits(metric)) for s, m in means.items() if math.isfinite(m)}
+    if not shown:
         return set()
-    target = min(finite.values()) if _lower_is_better(metric) else max(finite.values())
-    return {s for s, m in finite.items() if math.isclose(m, target, rel_tol=0, abs_tol=1e-12)}
+    target = min(shown.values()) if _lower_is_better(metric) else max(shown.values())
+    return {s for s, m in shown.items() if m == target}
 
 
 def _fmt(mean: float, std: float, digits: int) -> str:
@@ -230,6 +232,8 @@ def console_table(
                 cells.append(f"{cell + ('*' if s in best else ' '):>{width}}")
             out.append(f"{metric + ' ' + _arrow(metric):<16}" + "".join(cells))
         out.append("")
+    if len(strategies) > 1:
+        out.append("* the best mean of a row as shown (↑ higher, ↓ lower is better)")
     return "\n".join(out)
 
 

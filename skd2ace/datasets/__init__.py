@@ -3,7 +3,7 @@
 * :func:`load_arff` reads a MULAN-style ARFF file (dense or sparse rows).
 * :func:`fetch_mulan` finds a MULAN benchmark in the data home (``$SKD2ACE_DATA``, else
   ``~/skd2ace_data``), downloading and checksum-verifying it when missing.
-* :func:`preprocess_reference` applies the label/row filtering of METHOD.md §10.
+* :func:`preprocess_reference` applies the label/row filtering of docs/method.md §10.
 """
 
 from ._arff import load_arff, read_label_xml

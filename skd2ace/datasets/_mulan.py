@@ -140,8 +140,9 @@ def _not_found(name: str, filename: str, home: Path, reason: str) -> MulanDataNo
     return MulanDataNotFoundError(
         f"MULAN file {filename!r} (data set {name!r}) not found: {reason} Looked for "
         f"{home / name / filename} and {home / filename}. Put the MULAN files of {name!r} in "
-        f"{home / name}, or point the environment variable {DATA_HOME_ENV} (or the data_home "
-        f"argument) at a folder holding a {name}/ folder with them."
+        f"{home / name}, or point the environment variable {DATA_HOME_ENV} (or the "
+        f"data_home argument, --data-home on the command line) at a folder that holds a "
+        f"folder {name}/ with them."
     )
 
 

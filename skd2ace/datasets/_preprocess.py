@@ -1,4 +1,4 @@
-"""The reference preprocessing of the D2ACE evaluation protocol (METHOD.md §10)."""
+"""The reference preprocessing of the D2ACE evaluation protocol (docs/method.md §10)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["preprocess_reference"]
 def preprocess_reference(
     X: ArrayLike, Y: ArrayLike, *, min_positives: int = 20
 ) -> tuple[ArrayLike, np.ndarray, np.ndarray, np.ndarray]:
-    """Drop rare labels, then the rows left without any label (METHOD.md §10).
+    """Drop rare labels, then the rows left without any label (docs/method.md §10).
 
     First the label columns with at most ``min_positives`` positive entries are
     dropped; then the rows with no positive label among the kept columns. Feature
