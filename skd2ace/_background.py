@@ -56,13 +56,22 @@ def _forget(future: Future) -> None:
 
 def _wait_for_all() -> None:
     """Before ``os.fork``: let background tasks finish (errors are raised by their
-    owners, who hold the futures), then hold the lock across the fork: a worker
-    still inside :func:`_forget` would otherwise leave it locked in the child."""
-    with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for future in running:
-        future.exception()
-    _RUNNING_LOCK.acquire()
+    owners, who hold the futures), then hold the lock across the fork: no task is
+    submitted meanwhile, and a worker still inside :func:`_forget` would otherwise
+    leave it locked in the child.
+
+    Checked again under the lock after every wait: a task submitted while the
+    others were waited for (a training thread's next queue, another fit's search)
+    must not be running at the fork either. Finished tasks whose :func:`_forget`
+    has not run yet do not count (their threads are past their kernels)."""
+    while True:
+        _RUNNING_LOCK.acquire()
+        running = [future for future in _RUNNING if not future.done()]
+        if not running:
+            return  # the lock stays held across the fork
+        _RUNNING_LOCK.release()
+        for future in running:
+            future.exception()
 
 
 def _after_fork_in_child() -> None:

@@ -764,6 +764,12 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         valid_idx = getattr(self, "_valid_idx", None)
         if valid_idx is not None:
             net.train_split = PredefinedSplit(IndexedDataset(X[valid_idx], Y[valid_idx]))
+        sampler = net.batch_sampler
+        if sampler is not None and sampler.epoch < len(net.history):
+            # An epoch interrupted before its batches were planned (Ctrl-C in an
+            # on_epoch_begin hook, or while DataLoader workers start) is in the history:
+            # it counts for the schedules too, as every interrupted epoch does.
+            sampler.epoch = len(net.history)
         try:
             # Continuations draw fresh, reproducible torch randomness per epoch count.
             with self._seeded_torch(self._torch_seed + len(net.history)):

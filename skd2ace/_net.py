@@ -222,7 +222,10 @@ class D2ACENet(NeuralNet):
         return accumulator.get_step()
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
-        if not isinstance(iterator, _BatchIterator):
+        # Batches of this process's own iterator hold its own index tensors; a
+        # DataLoader's workers send theirs in shared memory (see train_step_single).
+        self._own_batches = isinstance(iterator, _BatchIterator)
+        if not self._own_batches:
             return super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         # skorch's loop, for the batches of an IndexedDataset: the batch size is that of
         # the row indices (skorch's get_len walks the batch's dict), and the two
@@ -290,8 +293,13 @@ class D2ACENet(NeuralNet):
             # Detached inputs build no graph (cheaper per batch than a no_grad block).
             # The three tensors are not used again here: the record keeps them
             # uncopied until it applies them (off this thread in the background).
+            idx = Xi["sample_idx"]
+            if not getattr(self, "_own_batches", False):
+                # A worker's tensor lives in shared memory and keeps a file descriptor
+                # open while it lives: hundreds of queued batches ran out of them.
+                idx = idx.clone()
             sampler.record(
-                Xi["sample_idx"],
+                idx,
                 torch.sigmoid(y_pred.detach()),
                 elementwise.detach(),
                 copy=False,

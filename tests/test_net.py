@@ -1,10 +1,13 @@
 """D2ACENet: the recorded statistics belong to the rows that were in each batch."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+from skorch.callbacks import Callback
 
-from skd2ace import D2ACEBatchSampler, D2ACENet, selection
+from skd2ace import D2ACEBatchSampler, D2ACEMultiLabelClassifier, D2ACENet, selection
 
 
 class RowLogits(torch.nn.Module):
@@ -261,3 +264,30 @@ def test_infer_and_loss_take_tensors_arrays_and_batches_alike():
     losses = [net.get_elementwise_loss(expected, y) for y in (Y, torch.from_numpy(Y))]
     torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
     assert losses[0].shape == Y.shape
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_batches_from_worker_processes_hold_no_file_descriptors_in_the_record():
+    # A DataLoader worker's tensors live in shared memory, one open file descriptor
+    # each: the record, which queues up to 512 batches, keeps copies of their indices.
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((1200, 4)), (rng.random((1200, 3)) < 0.4).astype(int)
+
+    class PeakDescriptors(Callback):
+        peak = 0
+
+        def on_batch_end(self, net, **kwargs):
+            type(self).peak = max(type(self).peak, len(os.listdir("/proc/self/fd")))
+
+    before = len(os.listdir("/proc/self/fd"))
+    D2ACEMultiLabelClassifier(
+        hidden_layer_sizes=(4,),
+        max_epochs=2,
+        warmup_epochs=1,
+        batch_size=8,  # 150 batches an epoch, all in one queue
+        validation_fraction=None,
+        num_workers=1,
+        random_state=0,
+        callbacks=[PeakDescriptors()],
+    ).fit(X, Y)
+    assert PeakDescriptors.peak - before < 40  # 150+ when the record kept the tensors

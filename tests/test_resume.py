@@ -84,6 +84,33 @@ def test_keyboard_interrupt_leaves_a_usable_estimator(data):
     assert clf.predict(X).shape == Y.shape
 
 
+class InterruptAtEpochBegin(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) == self.at:  # the epoch's row exists, its batches are unplanned
+            raise KeyboardInterrupt
+
+
+def test_an_epoch_interrupted_before_its_batches_counts_for_the_schedules(data):
+    X, Y = data
+    clf = D2ACEMultiLabelClassifier(
+        **{**FAST, "max_epochs": 6},
+        validation_fraction=None,
+        warm_start=True,
+        callbacks=[InterruptAtEpochBegin(3)],
+        random_state=0,
+    ).fit(X, Y)
+    assert len(clf.net_.history) == 3
+    clf.partial_fit(X, Y)
+    clf.partial_fit(X, Y)
+    pressures = [row.get("selection_pressure") for row in clf.net_.history]
+    assert len(pressures) == 5 and pressures[2] is None  # interrupted before any batch
+    for e in (0, 1, 3, 4):  # the schedule goes on where the history is, not one behind
+        assert pressures[e] == pytest.approx(selection.selection_pressure(e, 6, WARMUP, S0))
+
+
 class FailAt(Callback):
     def __init__(self, at):
         self.at = at

@@ -1,5 +1,9 @@
 """torch's intra-op threads while the estimator trains (``torch_threads``)."""
 
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +94,33 @@ def test_auto_results_equal_those_of_the_same_threads_set_by_hand(two_threads_on
     ).fit(X, Y)
     torch.set_num_threads(2)
     np.testing.assert_array_equal(auto.fit(X, Y).predict_proba(X), by_hand.predict_proba(X))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_fork_waits_for_background_work_submitted_while_it_waited():
+    # The fork hook waits for the running tasks; one submitted meanwhile (as a training
+    # thread dispatches its next queue when the previous one ends) must be waited for
+    # too: forking while it runs BLAS or torch kernels can deadlock.
+    executor = ThreadPoolExecutor(2)
+    span = {}
+
+    def first():
+        time.sleep(0.2)
+
+    def second():
+        span["start"] = time.monotonic()
+        time.sleep(0.3)
+        span["end"] = time.monotonic()
+
+    def submit_second(_):
+        span["future"] = _background.submit(executor, second)
+
+    _background.submit(executor, first).add_done_callback(submit_second)
+    time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:  # the child's copy of `span` tells whether `second` was running
+        os._exit(1 if "start" in span and "end" not in span else 0)
+    _, status = os.waitpid(pid, 0)
+    span["future"].result()
+    executor.shutdown()
+    assert os.waitstatus_to_exitcode(status) == 0, "forked while a background task ran"
