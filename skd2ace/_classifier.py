@@ -622,7 +622,10 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
             if before is not None and net is not before.get("net_") and not _trained(net):
                 sampler = getattr(net, "batch_sampler", None)
                 if sampler is not None:
-                    sampler.release()
+                    # A queue's error raised here would hide the training error and skip
+                    # the restore: the network is discarded with its record anyway.
+                    with contextlib.suppress(Exception):
+                        sampler.release()
                 vars(self).clear()
                 vars(self).update(before)
             raise
