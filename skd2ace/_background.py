@@ -13,8 +13,6 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import torch
-
 __all__ = ["available_cores", "free_cores", "submit"]
 
 _RUNNING: set[Future] = set()
@@ -34,6 +32,8 @@ def free_cores(device=None) -> int:
     On the CPU, training takes torch's intra-op threads; on a GPU (``device`` a CUDA
     device), only the thread that drives it (torch's CPU threads then wait).
     """
+    import torch  # here: the numpy core submits its pool threads through this module
+
     cores = available_cores()
     if device is not None and torch.device(device).type == "cuda":
         return max(0, cores - 1)

@@ -504,13 +504,13 @@ def test_free_cores_on_cpu_and_gpu(monkeypatch, device, torch_threads, free):
     from skd2ace import _background
 
     monkeypatch.setattr(_background.os, "sched_getaffinity", lambda pid: set(range(6)))
-    monkeypatch.setattr(_background.torch, "get_num_threads", lambda: torch_threads)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
     monkeypatch.setenv("SKD2ACE_DEVICE_SELECTION", "0")  # the numpy record on CUDA too
     assert _background.free_cores(device) == free
     Y = np.eye(3, dtype=int).repeat(4, axis=0)
     sampler = D2ACEBatchSampler(Y, batch_size=5, max_epochs=3, device=device)
     assert sampler.record_.background
-    monkeypatch.setattr(_background.torch, "get_num_threads", lambda: 6)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 6)
     assert _background.free_cores(device) == (5 if device == "cuda" else 0)
 
 

@@ -839,7 +839,16 @@ def test_d2ace_distribution_pools_in_threads_match(monkeypatch, sparse):
     kwargs = {"pressure": 3.0, "mixture": 0.6}
     want, want_info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
     monkeypatch.setattr(selection, "_PARALLEL_ENTRIES", 1)
+    submitted = []
+    submit = selection._background.submit
+
+    def tracked(executor, fn, *args):  # the pools are background work a fork waits for
+        submitted.append(fn)
+        return submit(executor, fn, *args)
+
+    monkeypatch.setattr(selection._background, "submit", tracked)
     got, info = selection.d2ace_distribution(E, H, Y, Y, **kwargs)
+    assert len(submitted) == 2
     np.testing.assert_array_equal(got, want)
     for key in ("label_weights_uncertainty", "label_weights_hardness"):
         np.testing.assert_array_equal(info[key], want_info[key])
