@@ -399,7 +399,8 @@ def d2ace_distribution(
         ``E`` and ``H``.
     Y, Z : array-like or sparse (N, q)
         Labels and label context (all ones for a global context; unused, may be
-        None, when ``correlation=False``).
+        None, when ``correlation=False``). A sparse matrix counts by its non-zero
+        positions (duplicate entries summed, stored zeros ignored).
     pressure, mixture : float
         ``s_e`` and ``β_e``.
     a, b : float
@@ -606,8 +607,18 @@ def _row_blocks(n: int, q: int) -> list[slice]:
 
 
 def _labels(Y):
-    """``Y`` as something whose row slices are cheap: CSR or an ndarray."""
-    return sp.csr_matrix(Y) if sp.issparse(Y) else np.asarray(Y)
+    """``Y`` as something whose row slices are cheap: CSR or an ndarray. A sparse
+    matrix with duplicate entries (which scipy sums) or stored zeros becomes the 0/1
+    CSR matrix of its non-zero positions: its entries are read by position."""
+    if not sp.issparse(Y):
+        return np.asarray(Y)
+    Y = sp.csr_matrix(Y)
+    if not (Y.has_canonical_format and Y.data.all()):
+        Y = Y.copy()
+        Y.sum_duplicates()
+        Y.eliminate_zeros()
+        Y.data = np.ones_like(Y.data)
+    return Y
 
 
 def _masked(m: np.ndarray, Y, dense: bool):
@@ -617,15 +628,10 @@ def _masked(m: np.ndarray, Y, dense: bool):
     if dense:
         labels = Y.toarray() if sp.issparse(Y) else Y
         return m * (labels != 0)
-    if sp.issparse(Y):
-        if Y.has_canonical_format and Y.data.all():
-            rows = np.repeat(np.arange(n), np.diff(Y.indptr))
-            return sp.csr_matrix((m[rows, Y.indices], Y.indices, Y.indptr), shape=(n, q))
-        coo = Y.tocoo()
-        keep = coo.data != 0
-        rows, cols = coo.row[keep], coo.col[keep]
-    else:
-        rows, cols = np.nonzero(Y)
+    if sp.issparse(Y):  # canonical CSR without stored zeros (_labels)
+        rows = np.repeat(np.arange(n), np.diff(Y.indptr))
+        return sp.csr_matrix((m[rows, Y.indices], Y.indices, Y.indptr), shape=(n, q))
+    rows, cols = np.nonzero(Y)
     return sp.csr_matrix((m[rows, cols], (rows, cols)), shape=(n, q))
 
 

@@ -433,3 +433,11 @@ def test_continuation_with_the_same_values_dense_or_sparse():
     changed[1, 2] += 0.25
     with pytest.raises(ValueError, match="X differs from it"):
         clf.partial_fit(changed, Y)
+
+
+def test_predict_proba_checks_the_width_of_the_network_s_outputs(fitted):
+    clf, X, _ = fitted
+    clf = clone(clf).fit(X, tiny_problem()[1])
+    clf.net_.module_ = _WrongWidth(X.shape[1], 3)  # e.g. other parameters loaded by hand
+    with pytest.raises(ValueError, match=r"must return a \(n_samples, 3\) tensor.*got \(40, 4\)"):
+        clf.predict_proba(X)

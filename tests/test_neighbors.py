@@ -1,5 +1,7 @@
 """Nearest neighbours of the local label context: exact below a size, partitioned above."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -129,9 +131,7 @@ def test_background_search_gives_the_synchronous_context():
 
 
 def test_background_search_limits_its_own_openmp_threads_only(monkeypatch):
-    import os
 
-    import torch
     from threadpoolctl import threadpool_info
 
     import skd2ace.neighbors as module
@@ -147,11 +147,18 @@ def test_background_search_limits_its_own_openmp_threads_only(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(module, "nearest_neighbors", spy)
+    # What a new thread gets without a limit (OMP_NUM_THREADS, else the cores): the
+    # free cores are made to differ from it, so that the search's own limit shows.
+    default = []
+    thread = threading.Thread(target=lambda: default.extend(openmp_threads()))
+    thread.start()
+    thread.join()
+    free = default[0] + 1
+    monkeypatch.setattr(module._background, "free_cores", lambda device=None: free)
     before = openmp_threads()
     X = np.random.default_rng(0).random((50, 3))
     got = module.nearest_neighbors_in_background(X, 4, random_state=0).result()
     np.testing.assert_array_equal(got, original(X, 4))
-    free = max(1, len(os.sched_getaffinity(0)) - torch.get_num_threads())
     assert before and seen["threads"] == [free] * len(before)  # inside: the free cores
     assert openmp_threads() == before  # the calling thread keeps its own limit
 
@@ -387,3 +394,20 @@ def test_device_search_takes_read_only_input_without_a_warning(recwarn):
     got = nb._exact_on_device(X, 3, torch.device("cpu"))
     assert not [w for w in recwarn if "not writable" in str(w.message)]
     np.testing.assert_array_equal(got, nearest_neighbors(X, 3))
+
+
+def test_a_cell_of_at_most_k_rows_finds_its_neighbours_among_all_rows(monkeypatch):
+    # The partitioned search puts a far-away group of 3 rows in a cell of its own;
+    # with k = 4 they are searched among all rows: no row is its own neighbour, and
+    # the nearest ones (the other two of the group) come first.
+    import skd2ace.neighbors as module
+
+    monkeypatch.setattr(module, "_CELL_SIZE", 50)
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.random((197, 2)), 100 + rng.random((3, 2))]
+    got = nearest_neighbors(X, 4, exact_max=10, random_state=0)
+    group = np.arange(197, 200)
+    for row in group:
+        assert row not in got[row]
+        assert set(got[row, :2]) == set(group) - {row}
+    assert len(set(map(tuple, np.sort(got, axis=1)))) > 1 and (got != np.arange(200)[:, None]).all()

@@ -875,3 +875,42 @@ def test_argsort_indices_is_a_stable_argsort(bound):
     np.testing.assert_array_equal(
         selection._argsort_indices(flat, bound), np.argsort(flat, kind="stable")
     )
+
+
+@pytest.mark.parametrize("n, q", [(60, 5), (3000, 200)])  # dense and sparse products
+def test_sparse_labels_are_read_by_position_whatever_their_storage(n, q):
+    # Duplicate entries (scipy sums them) and stored zeros: the labels are the
+    # non-zero positions, as for the dense matrix; a duplicate once counted twice.
+    rng = np.random.default_rng(2)
+    E, H = rng.random((n, q)).astype(np.float32), rng.random((n, q)).astype(np.float32)
+    Y = (rng.random((n, q)) < 0.05).astype(np.int8)
+    Y[np.arange(n), rng.integers(0, q, n)] = 1
+    rows, cols = np.nonzero(Y)
+    order = np.argsort(np.r_[rows, rows, 0], kind="stable")
+    data = np.r_[np.ones(2 * rows.size), 0.0][order]  # every entry twice, one stored zero
+    indices = np.r_[cols, cols, 1 if Y[0, 1] == 0 else 2 if Y[0, 2] == 0 else 3][order]
+    indptr = np.r_[0, np.cumsum(np.bincount(np.r_[rows, rows, 0], minlength=n))]
+    messy = sp.csr_matrix((data, indices, indptr), shape=(n, q))
+    assert not messy.has_canonical_format and (messy.toarray() != 0).sum() == Y.sum()
+    kwargs = {"pressure": 4.0, "mixture": 0.6}
+    clean = sp.csr_matrix(Y, dtype=messy.dtype)  # the same dtype: the same rounding
+    want, _ = selection.d2ace_distribution(E, H, clean, clean, **kwargs)
+    got, _ = selection.d2ace_distribution(E, H, messy, messy, **kwargs)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_row_blocks_give_the_one_block_results(monkeypatch):
+    # Label weights, correlation and scores sum over row blocks of ~2¹⁸ values: with
+    # blocks of 64 values, every block must count, not only the last.
+    rng = np.random.default_rng(3)
+    n, q = 500, 8
+    M = rng.random((n, q)).astype(np.float32)
+    Y = (rng.random((n, q)) < 0.4).astype(np.int8)
+    weights = selection.label_weights(M, 0.5, 0.5)
+    C = selection.label_correlation(M, Y)
+    scores = selection.instance_scores(M, Y, Y, weights, C)
+    monkeypatch.setattr(selection, "_BLOCK_ENTRIES", 64)
+    assert len(selection._row_blocks(n, q)) == 63
+    np.testing.assert_allclose(selection.label_weights(M, 0.5, 0.5), weights, rtol=1e-6)
+    np.testing.assert_allclose(selection.label_correlation(M, Y), C, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(selection.instance_scores(M, Y, Y, weights, C), scores, rtol=1e-5)
