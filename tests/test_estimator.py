@@ -98,7 +98,7 @@ def test_non_binary_indicator_rejected():
     X, Y = small_problem(n=50)
     Y = Y.copy()
     Y[0, 0] = 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="values 0 and 1"):
         D2ACEMultiLabelClassifier(**FAST).fit(X, Y)
 
 
