@@ -340,3 +340,38 @@ def test_fits_in_parallel_threads_are_reproducible():
     together = Parallel(n_jobs=4, backend="threading")(delayed(fit)(s) for s in (0, 1, 2, 3))
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_unseeded_fits_draw_from_numpy_s_global_state():
+    # docs/index.md: random_state=None draws the seeds from numpy's global state, as in
+    # scikit-learn, so np.random.seed makes such a fit reproducible, and advances it.
+    X, Y = small_problem(n=80)
+    saved = np.random.get_state()  # noqa: NPY002 - the legacy global state is the subject
+    try:
+        probas = []
+        for _ in range(2):
+            np.random.seed(0)  # noqa: NPY002
+            clf = D2ACEMultiLabelClassifier(**FAST, random_state=None).fit(X, Y)
+            probas.append(clf.predict_proba(X))
+            after = np.random.random()  # noqa: NPY002
+        np.testing.assert_array_equal(probas[0], probas[1])
+        np.random.seed(0)  # noqa: NPY002
+        assert after != np.random.random()  # noqa: NPY002 - the fit drew from it
+        other = D2ACEMultiLabelClassifier(**FAST, random_state=None).fit(X, Y).predict_proba(X)
+        assert not np.array_equal(other, probas[0])  # the state had moved on
+    finally:
+        np.random.set_state(saved)  # noqa: NPY002
+
+
+def test_default_ramp_end_score_and_verbose_true(capsys):
+    X, Y = small_problem(n=80)
+    clf = D2ACEMultiLabelClassifier(**{**FAST, "max_epochs": 10}, verbose=True, random_state=0).fit(
+        X, Y
+    )
+    assert "epoch" in capsys.readouterr().out  # verbose=True prints the epoch table
+    betas = clf.net_.history[:, "mixture_weight"]
+    # The mixture ramps from 0.7 at the warm-up's end (epoch 1) to 0.3 at 70% of T.
+    assert betas[1] == pytest.approx(0.7) and betas[7] == pytest.approx(0.3)
+    assert betas[6] > 0.3
+    # score: scikit-learn's classifier default, subset accuracy.
+    assert clf.score(X, Y) == pytest.approx(np.mean((clf.predict(X) == Y).all(axis=1)))
