@@ -394,7 +394,8 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
         (3, 0)
         """
         settings = self._check_params()
-        with self._training_threads():  # the sampler counts the cores training leaves
+        # The sampler counts the cores training leaves.
+        with self._training_threads(), self._training_attempt(fresh=True):
             self._start(X, y, settings)
         return self
 
@@ -592,42 +593,37 @@ class D2ACEMultiLabelClassifier(MultiOutputMixin, ClassifierMixin, BaseEstimator
 
     def _start(self, X, y, settings):
         """Validate the data and build a fresh, untrained net (fitted attributes set).
-
-        All or nothing: when the data are rejected, the estimator is left exactly
-        as it was (unfitted, or fitted with its previous model and metadata),
-        rather than with ``n_features_in_`` of the new data and the old network.
-        """
-        before = dict(vars(self))
-        try:
-            X, Y = self._check_data(X, y)
-            self._initialize(X, Y, settings)
-        except BaseException:
-            vars(self).clear()
-            vars(self).update(before)
-            raise
+        Callers run it inside :meth:`_training_attempt`, which undoes it on error."""
+        X, Y = self._check_data(X, y)
+        self._initialize(X, Y, settings)
         return X, Y
 
     @contextlib.contextmanager
     def _training_attempt(self, fresh: bool):
-        """A fresh network whose training raises before its first epoch ends is
-        discarded: the estimator is left as it was before the call (unfitted, or with
-        its previous model), not with an untrained network that ``predict`` would use.
-        Once an epoch has ended the network is kept, like an interrupted one (training
-        can go on with ``partial_fit``); so is a continued one, trained in place."""
+        """All or nothing for a fresh start: when the data are rejected, building the
+        net fails, or training raises before the new net's first epoch ends, the
+        estimator is left exactly as it was before the call (unfitted, or fitted with
+        its previous model and metadata), not with ``n_features_in_`` of the new data
+        and the old network, nor with an untrained network that ``predict`` would use.
+        Once an epoch has ended the new network is kept, like an interrupted one
+        (training can go on with ``partial_fit``); so is a continued one
+        (``fresh=False``), trained in place."""
         before = dict(vars(self)) if fresh else None
         try:
             yield
-        except Exception:
-            net = vars(self).get("net_")
-            if before is not None and net is not before.get("net_") and not _trained(net):
-                sampler = getattr(net, "batch_sampler", None)
-                if sampler is not None:
-                    # A queue's error raised here would hide the training error and skip
-                    # the restore: the network is discarded with its record anyway.
-                    with contextlib.suppress(Exception):
-                        sampler.release()
-                vars(self).clear()
-                vars(self).update(before)
+        except BaseException:
+            if before is not None:
+                net = vars(self).get("net_")
+                new = net is not before.get("net_")
+                if not (new and _trained(net)):
+                    sampler = getattr(net, "batch_sampler", None) if new else None
+                    if sampler is not None:
+                        # A queue's error raised here would hide the training error and
+                        # skip the restore: the net is discarded with its record anyway.
+                        with contextlib.suppress(Exception):
+                            sampler.release()
+                    vars(self).clear()
+                    vars(self).update(before)
             raise
 
     def _initialize(self, X, Y, settings) -> None:
